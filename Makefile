@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine:  make demo   and   make test
+# Both create (or reuse) the Python 3.12 environment first; see tools/venv.sh.
+PY := .venv/bin/python
+
+.PHONY: setup demo test test-fast lint format bench clean
+
+setup:
+	@bash tools/venv.sh
+
+demo: setup
+	$(PY) -m geoseg demo --out-dir demo_output --overwrite
+
+test: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+lint: setup
+	.venv/bin/ruff check .
+
+format: setup
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+bench: setup
+	$(PY) bench/loader_throughput.py
+
+clean:
+	rm -rf demo_output bench/out .pytest_cache .ruff_cache

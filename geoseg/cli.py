@@ -1,0 +1,197 @@
+"""The `geoseg` command line. Every command validates its input first and fails in one line (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from geoseg.errors import GeoSegError
+from geoseg.progress import Progress, ProgressMode
+
+app = typer.Typer(
+    name="geoseg",
+    help="Segment georeferenced orthomosaics with U-Nets: train a model bundle, evaluate class maps.\n\n"
+    "Typical session: `geoseg demo` (makes a survey, trains, evaluates), then `geoseg train config.yaml "
+    "--out model/` on your own data and `geoseg evaluate prediction.tif labels.gpkg`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+ProgressOption = Annotated[
+    ProgressMode,
+    typer.Option(
+        "--progress",
+        help="bar: a progress bar on a terminal; json: one JSON object a line on stderr "
+        "({'stage', 'done', 'total'}) for tools such as the QGIS plugin; none: quiet.",
+    ),
+]
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Training config (YAML). See configs/default.yaml.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Bundle folder to write. Default: <config stem>_model "
+            "beside the config. Checkpoints and logs go to <out>.train/.",
+        ),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--max-steps",
+            min=1,
+            help="Stop after this many optimizer steps (a quick trial); validation runs at the end.",
+        ),
+    ] = None,
+    device: Annotated[Device, typer.Option(help="auto uses a CUDA GPU when one is visible.")] = Device.auto,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from <out>.train/checkpoints/last.ckpt after an interruption.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at --out.")] = False,
+    progress: ProgressOption = ProgressMode.bar,
+) -> None:
+    """Train a U-Net on orthomosaics and labels (raster or polygons) and write a model bundle.
+
+    The bundle holds the network (smp save_pretrained), classes, bands, normalization, tile size and
+    training statistics: everything `geoseg infer` needs. Per-class IoU/F1 print after each validation;
+    the full log is <out>.train/logs/metrics.csv.
+    """
+    from geoseg.config import load_config
+    from geoseg.train import train as run_training
+
+    cfg = load_config(config)
+    target = out or config.with_name(f"{config.stem}_model")
+    reporter = Progress(progress)
+    result = run_training(
+        cfg,
+        target,
+        max_steps=max_steps,
+        device=device.value,
+        overwrite=overwrite,
+        resume=resume,
+        emit=reporter.message,
+        progress_bar=progress == ProgressMode.bar,
+    )
+    reporter.message(f"bundle: {result.bundle}")
+    if result.scores is not None:
+        reporter.message(f"validation mIoU {result.scores.miou:.3f} after {result.steps} steps")
+
+
+@app.command()
+def evaluate(
+    prediction: Annotated[Path, typer.Argument(help="Class map GeoTIFF (one band of class ids, nodata 255).")],
+    labels: Annotated[
+        Path,
+        typer.Argument(
+            help="Reference labels: a raster of class values, or polygons (GPKG/GeoJSON/Shapefile) with --label-field."
+        ),
+    ],
+    label_field: Annotated[
+        str | None, typer.Option("--label-field", help="Attribute holding the class value, for vector labels.")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the scores as JSON here.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --json file.")] = False,
+) -> None:
+    """Confusion matrix, per-class IoU, F1, precision and recall, and mIoU of a class map.
+
+    Only pixels labelled in LABELS and valid in PREDICTION count. Label rasters on another grid are
+    resampled (nearest) onto the prediction's grid; polygons in another CRS are reprojected.
+    """
+    from geoseg.evaluate import evaluate as run_evaluation
+    from geoseg.io.raster import atomic_path, ensure_writable
+
+    if json_out is not None:
+        ensure_writable(json_out, overwrite)
+    result = run_evaluation(prediction, labels, label_field=label_field)
+    typer.echo(result.table())
+    if json_out is not None:
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        typer.echo(f"scores: {json_out}")
+
+
+@app.command("quality-mask")
+def quality_mask(
+    mosaic: Annotated[Path, typer.Argument(help="Orthomosaic GeoTIFF/VRT.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Mask GeoTIFF to write. Default: <mosaic stem>_quality.tif in the current folder."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="Take bands, scaling and thresholds from this training config (data.quality_mask)."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing mask.")] = False,
+    progress: ProgressOption = ProgressMode.bar,
+) -> None:
+    """Write the quality mask training would use: 0 ok, 1 overexposed, 2 underexposed, 3 blurred, 255 nodata.
+
+    Open it in QGIS over the mosaic to tune data.quality_mask thresholds before training.
+    """
+    from geoseg.quality import write_quality_mask
+
+    target = out or Path(f"{mosaic.stem}_quality.tif")
+    path, counts = write_quality_mask(mosaic, target, config, overwrite, Progress(progress))
+    total = max(sum(counts.values()), 1)
+    summary = ", ".join(f"{name} {100 * n / total:.1f}%" for name, n in counts.items())
+    typer.echo(f"quality mask: {path} ({summary})")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the survey, bundle and report.")] = Path(
+        "demo_output"
+    ),
+    size: Annotated[int, typer.Option(min=256, max=8192, help="Side of the generated mosaic in pixels.")] = 1024,
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Training steps.")] = 60,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace earlier demo outputs.")] = False,
+) -> None:
+    """Generate a biocrust survey (soil, cyanobacteria, lichen, moss), train briefly, evaluate, report."""
+    from geoseg.demo import run_demo
+
+    run_demo(out_dir, size=size, max_steps=max_steps, overwrite=overwrite, emit=typer.echo)
+
+
+def main() -> None:
+    """Entry point: user errors become one line and exit code 2; bugs keep their traceback (exit 1)."""
+    try:
+        app(standalone_mode=False)
+    except GeoSegError as exc:
+        typer.echo(f"geoseg: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("geoseg: interrupted; outputs not completed were not written", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

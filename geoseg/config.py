@@ -1,0 +1,356 @@
+"""Training configuration: YAML in, typed and validated dataclasses out.
+
+Every problem is reported as one line naming the config file and the key, and relative paths
+are resolved against the config file's folder (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from geoseg.errors import ConfigError
+
+IGNORE_INDEX = 255
+DEFAULT_COLORS = (
+    "#a0522d", "#556b2f", "#daa520", "#2e8b57", "#4682b4", "#b22222", "#9370db", "#ff8c00",
+    "#708090", "#00ced1", "#8b4513", "#ff69b4",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """One class: the label value(s) it comes from, its output id (0-254), name and colour."""
+
+    value: str
+    id: int
+    name: str
+    color: str
+
+
+@dataclass(frozen=True)
+class QualityMaskConfig:
+    enabled: bool = False
+    overexposed: float = 0.98  # scaled intensity (0..1) at or above which a pixel is saturated
+    underexposed: float = 0.02  # at or below which it is black
+    blur_window: int = 31  # pixels; side of the window for local sharpness
+    blur_threshold: float = 2e-4  # Laplacian variance (scaled units²) below which a region is blurred
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    fraction: float = 0.2  # share of each image's extent, a strip on its right or bottom side
+    polygon: Path | None = None  # or an explicit region (any CRS)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    images: list[Path]
+    labels: list[Path]
+    classes: list[ClassSpec]
+    bands: list[int] | None = None
+    label_field: str | None = None
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    quality_mask: QualityMaskConfig = field(default_factory=QualityMaskConfig)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    scaling: str = "auto"  # auto | fixed | percentile
+    scale: tuple[float, float] | None = None  # for fixed: the raw range mapped to 0..1
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    normalization: str = "auto"  # auto | imagenet | dataset
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: str = "resnet34"
+    weights: str | None = "imagenet"  # imagenet | None | path to a weights file
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flips: bool = True
+    rot90: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.1
+    scale_jitter: float = 0.0  # e.g. 0.2 for random zoom in [0.8, 1.2]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    tile_size: int = 512
+    batch_size: int = 8
+    lr: float = 1e-4
+    epochs: int = 1000
+    samples_per_epoch: int = 256
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    loss: str = "ce"  # ce | ce+dice | focal | ce+focal
+    early_stopping_patience: int = 50
+    rare_class_sampling: bool = False
+    seed: int = 0
+    num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    data: DataConfig
+    preprocess: PreprocessConfig
+    model: ModelConfig
+    train: TrainConfig
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"is not valid YAML: {str(exc).splitlines()[0]}", path) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("must be a mapping with sections data, model, train", path)
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict[str, Any], path: Path) -> Config:
+    reader = _Reader(path)
+    unknown = set(raw) - {"data", "preprocess", "model", "train"}
+    if unknown:
+        raise ConfigError(f"unknown section(s) {sorted(unknown)}; expected data, preprocess, model, train", path)
+    return Config(
+        path=path,
+        data=_parse_data(reader, raw.get("data")),
+        preprocess=_parse_preprocess(reader, raw.get("preprocess") or {}),
+        model=_parse_model(reader, raw.get("model") or {}),
+        train=_parse_train(reader, raw.get("train") or {}),
+    )
+
+
+class _Reader:
+    """Reads typed values out of YAML sections, naming the config file and key on failure."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{key}: {message}", self.path)
+
+    def path_of(self, key: str, value: Any) -> Path:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, "expected a file path")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.path.parent / p)
+
+    def number(self, section: dict, key: str, default: float, lo: float, hi: float, name: str) -> float:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            raise self.fail(name, f"expected a number in [{lo}, {hi}], got {value!r}")
+        return float(value)
+
+    def integer(self, section: dict, key: str, default: int, lo: int, hi: int, name: str) -> int:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self.fail(name, f"expected an integer in [{lo}, {hi}], got {value!r}")
+        return value
+
+    def choice(self, section: dict, key: str, default: str, options: tuple[str, ...], name: str) -> str:
+        value = section.get(key, default)
+        if value not in options:
+            raise self.fail(name, f"expected one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def flag(self, section: dict, key: str, default: bool, name: str) -> bool:
+        value = section.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(name, f"expected true or false, got {value!r}")
+        return value
+
+    def unknown_keys(self, section: dict, allowed: set[str], name: str) -> None:
+        extra = set(section) - allowed
+        if extra:
+            raise self.fail(name, f"unknown key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
+
+
+def _parse_data(r: _Reader, data: Any) -> DataConfig:
+    if not isinstance(data, dict):
+        raise r.fail("data", "section missing; it needs images, labels and classes")
+    r.unknown_keys(data, {"images", "labels", "label_field", "classes", "bands", "validation", "quality_mask"}, "data")
+    images_raw = data.get("images")
+    if isinstance(images_raw, str):
+        images_raw = [images_raw]
+    if not images_raw or not isinstance(images_raw, list):
+        raise r.fail("data.images", "expected one or more orthomosaic paths")
+    images = [r.path_of("data.images", p) for p in images_raw]
+    labels_raw = data.get("labels")
+    if isinstance(labels_raw, str):
+        labels_raw = [labels_raw]
+    if not labels_raw or not isinstance(labels_raw, list):
+        raise r.fail("data.labels", "expected a label raster or vector file (or one per image)")
+    labels = [r.path_of("data.labels", p) for p in labels_raw]
+    if len(labels) not in (1, len(images)):
+        raise r.fail("data.labels", f"give one label file for all images or one per image ({len(images)})")
+    bands = data.get("bands")
+    if bands is not None and (
+        not isinstance(bands, list) or not bands or not all(isinstance(b, int) and b >= 1 for b in bands)
+    ):
+        raise r.fail("data.bands", f"expected a list of 1-based band numbers, got {bands!r}")
+    label_field = data.get("label_field")
+    if label_field is not None and not isinstance(label_field, str):
+        raise r.fail("data.label_field", "expected an attribute name")
+    return DataConfig(
+        images=images,
+        labels=labels,
+        classes=_parse_classes(r, data.get("classes")),
+        bands=bands,
+        label_field=label_field,
+        validation=_parse_validation(r, data.get("validation") or {}),
+        quality_mask=_parse_quality(r, data.get("quality_mask") or {}),
+    )
+
+
+def _parse_classes(r: _Reader, classes: Any) -> list[ClassSpec]:
+    """``{label value: name}`` or ``{label value: {name, id, color}}``; ids default to the value."""
+    if not isinstance(classes, dict) or not classes:
+        raise r.fail("data.classes", "expected a mapping of label value to class name, e.g. {1: crust}")
+    specs: list[ClassSpec] = []
+    numeric = all(_as_int(v) is not None for v in classes)
+    for index, (value, spec) in enumerate(classes.items()):
+        key = f"data.classes.{value}"
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise r.fail(key, "expected a class name or a mapping with name (and optional id, color)")
+        class_id = spec.get("id", _as_int(value) if numeric else index)
+        if not isinstance(class_id, int) or not 0 <= class_id <= 254:
+            raise r.fail(
+                key,
+                f"class id {class_id!r} is outside 0-254 (255 marks nodata in class maps); "
+                "give it an explicit id, e.g. {name: ..., id: 5}",
+            )
+        color = spec.get("color", DEFAULT_COLORS[index % len(DEFAULT_COLORS)])
+        specs.append(ClassSpec(value=normalize_label_value(value), id=class_id, name=spec["name"], color=color))
+    ids = [s.id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise r.fail("data.classes", f"class ids must be unique, got {ids}")
+    return specs
+
+
+def normalize_label_value(value: Any) -> str:
+    """Label values compare as text, so 1, 1.0 and '1' in a vector attribute are the same class."""
+    as_int = _as_int(value)
+    return str(as_int) if as_int is not None else str(value).strip()
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        f = float(str(value).strip())
+    except ValueError:
+        return None
+    return int(f) if f.is_integer() else None
+
+
+def _parse_validation(r: _Reader, section: dict) -> ValidationConfig:
+    r.unknown_keys(section, {"fraction", "polygon"}, "data.validation")
+    polygon = section.get("polygon")
+    return ValidationConfig(
+        fraction=r.number(section, "fraction", 0.2, 0.0, 0.9, "data.validation.fraction"),
+        polygon=r.path_of("data.validation.polygon", polygon) if polygon else None,
+    )
+
+
+def _parse_quality(r: _Reader, section: dict) -> QualityMaskConfig:
+    d = QualityMaskConfig()
+    r.unknown_keys(section, set(QualityMaskConfig.__dataclass_fields__), "data.quality_mask")
+    return QualityMaskConfig(
+        enabled=r.flag(section, "enabled", d.enabled, "data.quality_mask.enabled"),
+        overexposed=r.number(section, "overexposed", d.overexposed, 0.0, 1.0, "data.quality_mask.overexposed"),
+        underexposed=r.number(section, "underexposed", d.underexposed, 0.0, 1.0, "data.quality_mask.underexposed"),
+        blur_window=r.integer(section, "blur_window", d.blur_window, 3, 1025, "data.quality_mask.blur_window"),
+        blur_threshold=r.number(
+            section, "blur_threshold", d.blur_threshold, 0.0, 1.0, "data.quality_mask.blur_threshold"
+        ),
+    )
+
+
+def _parse_preprocess(r: _Reader, section: dict) -> PreprocessConfig:
+    r.unknown_keys(section, {"scaling", "scale", "percentiles", "normalization"}, "preprocess")
+    scaling = r.choice(section, "scaling", "auto", ("auto", "fixed", "percentile"), "preprocess.scaling")
+    scale = section.get("scale")
+    if scaling == "fixed" and not (isinstance(scale, list) and len(scale) == 2 and scale[0] < scale[1]):
+        raise r.fail("preprocess.scale", "scaling: fixed needs scale: [low, high] in raw pixel values")
+    percentiles = section.get("percentiles", [2.0, 98.0])
+    if not (isinstance(percentiles, list) and len(percentiles) == 2 and 0 <= percentiles[0] < percentiles[1] <= 100):
+        raise r.fail("preprocess.percentiles", "expected [low, high] with 0 <= low < high <= 100")
+    return PreprocessConfig(
+        scaling=scaling,
+        scale=(float(scale[0]), float(scale[1])) if scaling == "fixed" else None,
+        percentiles=(float(percentiles[0]), float(percentiles[1])),
+        normalization=r.choice(
+            section, "normalization", "auto", ("auto", "imagenet", "dataset"), "preprocess.normalization"
+        ),
+    )
+
+
+def _parse_model(r: _Reader, section: dict) -> ModelConfig:
+    r.unknown_keys(section, {"encoder", "weights", "architecture"}, "model")
+    if section.get("architecture", "unet").lower() != "unet":
+        raise r.fail("model.architecture", "only unet is supported")
+    encoder = section.get("encoder", "resnet34")
+    if not isinstance(encoder, str):
+        raise r.fail("model.encoder", "expected an encoder name such as resnet34 or tu-efficientnet_lite0")
+    weights = section.get("weights", "imagenet")
+    if weights is not None and not isinstance(weights, str):
+        raise r.fail("model.weights", "expected imagenet, null or a path to a weights file")
+    if weights not in (None, "imagenet"):
+        weights = str(r.path_of("model.weights", weights))
+    return ModelConfig(encoder=encoder, weights=weights)
+
+
+def _parse_train(r: _Reader, section: dict) -> TrainConfig:
+    d = TrainConfig()
+    allowed = set(TrainConfig.__dataclass_fields__)
+    r.unknown_keys(section, allowed, "train")
+    aug = section.get("augment") or {}
+    r.unknown_keys(aug, set(AugmentConfig.__dataclass_fields__), "train.augment")
+    da = AugmentConfig()
+    return TrainConfig(
+        tile_size=r.integer(section, "tile_size", d.tile_size, 32, 4096, "train.tile_size"),
+        batch_size=r.integer(section, "batch_size", d.batch_size, 1, 1024, "train.batch_size"),
+        lr=r.number(section, "lr", d.lr, 1e-8, 1.0, "train.lr"),
+        epochs=r.integer(section, "epochs", d.epochs, 1, 1_000_000, "train.epochs"),
+        samples_per_epoch=r.integer(
+            section, "samples_per_epoch", d.samples_per_epoch, 1, 10_000_000, "train.samples_per_epoch"
+        ),
+        optimizer=r.choice(section, "optimizer", d.optimizer, ("adam", "adamw"), "train.optimizer"),
+        weight_decay=r.number(section, "weight_decay", d.weight_decay, 0.0, 1.0, "train.weight_decay"),
+        loss=r.choice(section, "loss", d.loss, ("ce", "ce+dice", "focal", "ce+focal"), "train.loss"),
+        early_stopping_patience=r.integer(
+            section,
+            "early_stopping_patience",
+            d.early_stopping_patience,
+            0,
+            1_000_000,
+            "train.early_stopping_patience",
+        ),
+        rare_class_sampling=r.flag(section, "rare_class_sampling", d.rare_class_sampling, "train.rare_class_sampling"),
+        seed=r.integer(section, "seed", d.seed, 0, 2**31 - 1, "train.seed"),
+        num_workers=r.integer(section, "num_workers", d.num_workers, 0, 64, "train.num_workers"),
+        augment=AugmentConfig(
+            flips=r.flag(aug, "flips", da.flips, "train.augment.flips"),
+            rot90=r.flag(aug, "rot90", da.rot90, "train.augment.rot90"),
+            brightness=r.number(aug, "brightness", da.brightness, 0.0, 1.0, "train.augment.brightness"),
+            contrast=r.number(aug, "contrast", da.contrast, 0.0, 1.0, "train.augment.contrast"),
+            scale_jitter=r.number(aug, "scale_jitter", da.scale_jitter, 0.0, 0.9, "train.augment.scale_jitter"),
+        ),
+    )

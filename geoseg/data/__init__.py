@@ -1,0 +1,1 @@
+"""Training data: labels, statistics, normalization, datasets and samplers."""

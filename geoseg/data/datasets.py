@@ -1,0 +1,190 @@
+"""Training data as torchgeo GeoDatasets: one orthomosaic with its labels burnt onto its own grid.
+
+Each image is its own :class:`LabeledOrtho` in its own CRS and at its native resolution, so no
+window is ever resampled. Windows are read straight from the file with rasterio (no merge of
+overlapping files as torchgeo's RasterDataset does), which is what makes the loader fast.
+:class:`ImageCollection` lets one DataLoader draw from several images via ``(image, query)`` keys.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rasterio
+import shapely
+import torch
+from geopandas import GeoDataFrame
+from rasterio.windows import Window
+from torch.utils.data import Dataset
+from torchgeo.datasets import GeoDataset
+from torchgeo.datasets.utils import GeoSlice
+
+from geoseg.config import IGNORE_INDEX, AugmentConfig, QualityMaskConfig
+from geoseg.data.preprocess import QUALITY_OK, Normalization, quality_codes
+from geoseg.io.raster import GridSpec, read_window
+
+
+@dataclass(frozen=True)
+class PixelWindow:
+    """A window in pixel coordinates of one image; may reach past its edges (then padded)."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+
+    def to_rasterio(self) -> Window:
+        return Window(self.col, self.row, self.width, self.height)
+
+
+class LabeledOrtho(GeoDataset):
+    """One orthomosaic and its class-index labels (uint8, IGNORE_INDEX where unlabeled).
+
+    ``ds[xmin:xmax, ymin:ymax]`` (CRS units, as torchgeo samplers yield) returns ``{"image":
+    float32 (C, H, W) normalized, "mask": int64 (H, W) with IGNORE_INDEX where the loss must not
+    look}``. Ignored are unlabeled pixels, nodata, pixels outside the image and, if enabled,
+    pixels the quality mask flags.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        grid: GridSpec,
+        labels: np.ndarray,
+        bands: Sequence[int],
+        normalization: Normalization,
+        quality: QualityMaskConfig | None = None,
+        augment: AugmentConfig | None = None,
+        out_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        self.grid = grid
+        self.labels = labels
+        self.bands = list(bands)
+        self.normalization = normalization
+        self.quality = quality if quality is not None and quality.enabled else None
+        self.augment = augment
+        self.out_size = out_size
+        self.seed = seed
+        self._res = grid.res
+        left, bottom, right, top = grid.bounds
+        interval = pd.IntervalIndex.from_tuples([(pd.Timestamp.min, pd.Timestamp.max)], closed="both", name="datetime")
+        self.index = GeoDataFrame(
+            {"path": [str(path)]}, index=interval, geometry=[shapely.box(left, bottom, right, top)], crs=grid.crs
+        )
+        self._reader: rasterio.DatasetReader | None = None
+        self._reader_pid = -1
+        self._rng: np.random.Generator | None = None
+
+    def __getitem__(self, query: GeoSlice) -> dict[str, torch.Tensor]:
+        x, y, _ = self._disambiguate_slice(query)
+        return self.read(self.pixel_window(x.start, x.stop, y.start, y.stop))
+
+    def pixel_window(self, xmin: float, xmax: float, ymin: float, ymax: float) -> PixelWindow:
+        t = self.grid.transform
+        col = round((xmin - t.c) / t.a)
+        row = round((ymax - t.f) / t.e)
+        return PixelWindow(row, col, round((ymin - ymax) / t.e), round((xmax - xmin) / t.a))
+
+    def geo_slice(self, window: PixelWindow) -> tuple[slice, slice]:
+        """The torchgeo query for a pixel window (inverse of :meth:`pixel_window`)."""
+        t = self.grid.transform
+        xmin, ymax = t @ (window.col, window.row)
+        xmax, ymin = t @ (window.col + window.width, window.row + window.height)
+        return slice(xmin, xmax), slice(ymin, ymax)
+
+    def read(self, window: PixelWindow) -> dict[str, torch.Tensor]:
+        raw, valid = read_window(self._dataset(), self.bands, window.to_rasterio())
+        scaled = self.normalization.scaled(raw)
+        mask = self._labels_in(window)
+        mask[~valid] = IGNORE_INDEX
+        if self.quality is not None:
+            mask[quality_codes(scaled, valid, self.quality) != QUALITY_OK] = IGNORE_INDEX
+        image = torch.from_numpy(self.normalization.standardize(scaled))
+        target = torch.from_numpy(mask.astype(np.int64))
+        if self.augment is not None:
+            image, target = self._augmented(
+                image, target, scaled_mean=float(scaled[:, valid].mean()) if valid.any() else 0.5
+            )
+        if self.out_size is not None and image.shape[-1] != self.out_size:
+            image, target = _resize(image, target, self.out_size)
+        return {"image": image, "mask": target}
+
+    def _labels_in(self, window: PixelWindow) -> np.ndarray:
+        """Labels under ``window``, IGNORE_INDEX where the window reaches past the image."""
+        out = np.full((window.height, window.width), IGNORE_INDEX, dtype=np.uint8)
+        r0, c0 = max(window.row, 0), max(window.col, 0)
+        r1 = min(window.row + window.height, self.grid.height)
+        c1 = min(window.col + window.width, self.grid.width)
+        if r1 > r0 and c1 > c0:
+            out[r0 - window.row : r1 - window.row, c0 - window.col : c1 - window.col] = self.labels[r0:r1, c0:c1]
+        return out
+
+    def _augmented(
+        self, image: torch.Tensor, target: torch.Tensor, scaled_mean: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flips, 90° rotations and brightness/contrast jitter (applied in scaled units)."""
+        aug = self.augment
+        assert aug is not None
+        rng = self._generator()
+        if aug.flips and rng.random() < 0.5:
+            image, target = image.flip(-1), target.flip(-1)
+        if aug.flips and rng.random() < 0.5:
+            image, target = image.flip(-2), target.flip(-2)
+        if aug.rot90 and image.shape[-1] == image.shape[-2]:
+            k = int(rng.integers(0, 4))
+            image, target = torch.rot90(image, k, (-2, -1)), torch.rot90(target, k, (-2, -1))
+        if aug.brightness or aug.contrast:
+            std = torch.tensor(self.normalization.std, dtype=torch.float32)[:, None, None]
+            mean = torch.tensor(self.normalization.mean, dtype=torch.float32)[:, None, None]
+            scaled = image * std + mean
+            contrast = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
+            brightness = rng.uniform(-aug.brightness, aug.brightness)
+            scaled = ((scaled - scaled_mean) * contrast + scaled_mean + brightness).clamp(0, 1)
+            image = (scaled - mean) / std
+        return image.contiguous(), target.contiguous()
+
+    def _generator(self) -> np.random.Generator:
+        if self._rng is None:
+            info = torch.utils.data.get_worker_info()
+            self._rng = np.random.default_rng([self.seed, info.id if info else 0, os.getpid()])
+        return self._rng
+
+    def _dataset(self) -> rasterio.DatasetReader:
+        """One open file handle per process: DataLoader workers must not share the parent's."""
+        if self._reader is None or self._reader_pid != os.getpid():
+            self._reader = rasterio.open(self.path)
+            self._reader_pid = os.getpid()
+        return self._reader
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_reader"] = None
+        state["_rng"] = None
+        return state
+
+
+def _resize(image: torch.Tensor, target: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    image = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    target = torch.nn.functional.interpolate(target[None, None].float(), size=(size, size), mode="nearest")[0, 0]
+    return image, target.long()
+
+
+class ImageCollection(Dataset):
+    """Several :class:`LabeledOrtho` behind one Dataset, indexed by ``(image index, query)``."""
+
+    def __init__(self, images: Sequence[LabeledOrtho]) -> None:
+        self.images = list(images)
+
+    def __getitem__(self, key: tuple[int, GeoSlice]) -> dict[str, torch.Tensor]:
+        i, query = key
+        return self.images[i][query]
+
+    def __len__(self) -> int:
+        return len(self.images)

@@ -1,0 +1,40 @@
+"""Choosing the compute device and precision for training and inference."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from geoseg.errors import DeviceError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' → cuda when a GPU is visible, else cpu; an explicit 'cuda' without a GPU is an input error."""
+    if requested not in DEVICES:
+        raise DeviceError(f"--device must be one of {', '.join(DEVICES)}, got {requested!r}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+@cache
+def cpu_has_bf16() -> bool:
+    """CPUs with native bf16 units (AVX512-BF16 or AMX) run autocast bf16 several times faster."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def training_precision(accelerator: str) -> str:
+    """Lightning precision: mixed precision on GPUs, bf16 autocast on CPUs that have bf16 units."""
+    if accelerator == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"

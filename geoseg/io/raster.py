@@ -1,0 +1,164 @@
+"""Open and validate rasters, read windows with their validity masks, write outputs safely."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from geoseg.errors import InputError, OutputExistsError
+
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The pixel grid of a raster: what an output must match exactly."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def res(self) -> tuple[float, float]:
+        return (abs(self.transform.a), abs(self.transform.e))
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in CRS units."""
+        left, top = self.transform @ (0, 0)
+        right, bottom = self.transform @ (self.width, self.height)
+        return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
+
+    def same_grid(self, other: GridSpec) -> bool:
+        return (
+            self.crs == other.crs
+            and self.width == other.width
+            and self.height == other.height
+            and self.transform.almost_equals(other.transform, precision=1e-9)
+        )
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What geoseg needs to know about an input raster, read once."""
+
+    path: Path
+    grid: GridSpec
+    count: int
+    dtype: str
+    nodata: float | None
+    alpha_band: int | None
+    has_internal_mask: bool
+
+    @property
+    def image_bands(self) -> list[int]:
+        """1-based band indices carrying imagery (the alpha band excluded)."""
+        return [b for b in range(1, self.count + 1) if b != self.alpha_band]
+
+
+def open_raster(path: str | Path) -> rasterio.DatasetReader:
+    """Open a raster for reading, turning every failure into one readable line."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found; check the path", path)
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise InputError(f"not a readable raster ({_first_line(exc)}); is it a complete GeoTIFF/VRT?", path) from None
+
+
+def read_info(path: str | Path) -> RasterInfo:
+    """Inspect a raster and refuse what geoseg cannot georeference or read."""
+    path = Path(path)
+    with open_raster(path) as ds:
+        if ds.crs is None:
+            raise InputError("has no CRS; assign one first (e.g. gdal_edit.py -a_srs EPSG:XXXX FILE)", path)
+        if ds.transform == Affine.identity():
+            raise InputError("has no geotransform; georeference it first", path)
+        dtype = ds.dtypes[0]
+        if dtype not in SUPPORTED_DTYPES:
+            raise InputError(f"has data type {dtype}; geoseg reads {', '.join(SUPPORTED_DTYPES)}", path)
+        alpha = next((i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None)
+        internal_mask = any(MaskFlags.per_dataset in flags for flags in ds.mask_flag_enums) and alpha is None
+        grid = GridSpec(ds.crs, ds.transform, ds.width, ds.height)
+        return RasterInfo(path, grid, ds.count, dtype, ds.nodata, alpha, internal_mask)
+
+
+def check_bands(info: RasterInfo, bands: Sequence[int], source: str = "bands") -> list[int]:
+    """Validate 1-based band indices against a raster's band count."""
+    bad = [b for b in bands if not 1 <= int(b) <= info.count]
+    if bad or not bands:
+        raise InputError(
+            f"{source} {list(bands)} do not fit: the raster has {info.count} band(s) "
+            f"(1-based; imagery bands are {info.image_bands})",
+            info.path,
+        )
+    return [int(b) for b in bands]
+
+
+def verify_readable(path: str | Path) -> None:
+    """Read every block once so a truncated or corrupted file fails here, not mid-training."""
+    with open_raster(path) as ds:
+        try:
+            for _, window in ds.block_windows(1):
+                ds.read(1, window=window)
+        except RasterioIOError as exc:
+            raise InputError(f"is corrupted or truncated ({_first_line(exc)}); re-export or re-copy it", path) from None
+
+
+def read_window(ds: rasterio.DatasetReader, bands: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``bands`` in ``window`` (which may reach past the edges) and its validity mask.
+
+    Returns ``(data, valid)``: data is (bands, h, w) in the file's dtype, 0 outside the raster;
+    valid is (h, w) bool, False where the raster is nodata (nodata value, alpha band or internal
+    mask) or outside its extent.
+    """
+    data = ds.read(list(bands), window=window, boundless=True, fill_value=0)
+    mask = ds.dataset_mask(window=window, boundless=True)
+    return data, mask > 0
+
+
+def block_windows(width: int, height: int, block: int) -> Iterator[Window]:
+    """Row-major windows of at most ``block`` pixels a side covering a width × height raster."""
+    for row in range(0, height, block):
+        for col in range(0, width, block):
+            yield Window(col, row, min(block, width - col), min(block, height - row))
+
+
+def ensure_writable(path: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing output unless asked to."""
+    if path.exists() and not overwrite:
+        raise OutputExistsError("exists; pass --overwrite to replace it or choose another output", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path that becomes ``final`` only if the block completes."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

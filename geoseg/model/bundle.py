@@ -1,0 +1,190 @@
+"""The model bundle (DESIGN §3): smp's ``save_pretrained`` files plus ``geoseg.json``.
+
+Loading reads safetensors and JSON only; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import torch
+
+from geoseg import __version__
+from geoseg.config import IGNORE_INDEX, ClassSpec
+from geoseg.data.preprocess import Normalization
+from geoseg.errors import BundleError, OutputExistsError
+
+FORMAT_VERSION = 1
+META_FILE = "geoseg.json"
+KNOWN_KEYS = {
+    "format_version", "classes", "ignore_index", "bands", "input", "tile_size", "overlap", "resolution",
+    "train_stats", "metrics", "created", "geoseg_version",
+}  # fmt: skip
+
+
+@dataclass
+class BundleMeta:
+    classes: list[ClassSpec]
+    bands: list[int]
+    normalization: Normalization
+    tile_size: int = 512
+    overlap: int = 64
+    resolution: float | None = None
+    train_stats: Any = None
+    metrics: Any = None
+    ignore_index: int = IGNORE_INDEX
+    created: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    geoseg_version: str = __version__
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept so the format can grow
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "classes": [{"id": c.id, "name": c.name, "color": c.color} for c in self.classes],
+            "ignore_index": self.ignore_index,
+            "bands": self.bands,
+            "input": self.normalization.to_json(),
+            "tile_size": self.tile_size,
+            "overlap": self.overlap,
+            "resolution": self.resolution,
+            "train_stats": self.train_stats,
+            "metrics": self.metrics,
+            "created": self.created,
+            "geoseg_version": self.geoseg_version,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: Path) -> BundleMeta:
+        try:
+            version = int(data.get("format_version", 1))
+            if version > FORMAT_VERSION:
+                raise BundleError(f"format_version {version} is newer than this geoseg reads; upgrade geoseg", source)
+            classes = [
+                ClassSpec(
+                    value=str(c["id"]), id=int(c["id"]), name=str(c["name"]), color=str(c.get("color", "#808080"))
+                )
+                for c in data["classes"]
+            ]
+            bands = [int(b) for b in data["bands"]]
+            normalization = Normalization.from_json(data["input"], len(bands))
+            if not (len(normalization.scale) == len(normalization.mean) == len(normalization.std) == len(bands)):
+                raise BundleError("input.mean/std/scale must have one entry per band in 'bands'", source)
+            return cls(
+                classes=classes,
+                bands=bands,
+                normalization=normalization,
+                tile_size=int(data.get("tile_size", 512)),
+                overlap=int(data.get("overlap", 64)),
+                resolution=data.get("resolution"),
+                train_stats=data.get("train_stats"),
+                metrics=data.get("metrics"),
+                ignore_index=int(data.get("ignore_index", IGNORE_INDEX)),
+                created=str(data.get("created", "")),
+                geoseg_version=str(data.get("geoseg_version", "")),
+                extra={k: v for k, v in data.items() if k not in KNOWN_KEYS},
+            )
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise BundleError(f"{META_FILE} is malformed ({type(exc).__name__}: {exc})", source) from None
+
+
+@dataclass
+class Bundle:
+    model: torch.nn.Module
+    meta: BundleMeta
+    path: Path
+
+
+def save_bundle(model: smp.Unet, meta: BundleMeta, out_dir: Path, overwrite: bool = False) -> Path:
+    """Write the bundle directory atomically: it appears complete or not at all."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise OutputExistsError("exists; pass --overwrite to replace it or choose another --out", out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        # The weights now live in model.safetensors; the recorded constructor argument must not make
+        # smp.from_pretrained download ImageNet weights again before loading them.
+        config = model._hub_mixin_config
+        saved_weights = config.get("encoder_weights")
+        config["encoder_weights"] = None
+        try:
+            model.save_pretrained(str(staging))
+        finally:
+            config["encoder_weights"] = saved_weights
+        (staging / META_FILE).write_text(json.dumps(meta.to_json(), indent=2) + "\n")
+        if out_dir.exists():
+            backup = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            out_dir.rename(backup)
+            staging.rename(out_dir)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """Load a bundle directory (or the same zipped) made by geoseg or by smp + geoseg.json alone."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError("model bundle not found; pass the folder written by `geoseg train`", path)
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise BundleError("is neither a bundle folder nor a zipped bundle", path)
+        with tempfile.TemporaryDirectory(prefix="geoseg-bundle-") as tmp:
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(tmp)
+            root = _bundle_root(Path(tmp), path)
+            bundle = _load_dir(root, device)
+            bundle.path = path
+            return bundle
+    return _load_dir(path, device)
+
+
+def _bundle_root(extracted: Path, source: Path) -> Path:
+    """A zip may hold the files at its top or inside one folder."""
+    hits = sorted(p.parent for p in extracted.rglob(META_FILE))
+    if not hits:
+        raise BundleError(f"holds no {META_FILE}; is it a geoseg model bundle?", source)
+    return hits[0]
+
+
+def _load_dir(path: Path, device: str | torch.device) -> Bundle:
+    meta_file = path / META_FILE
+    for required in (META_FILE, "config.json", "model.safetensors"):
+        if not (path / required).is_file():
+            raise BundleError(f"lacks {required}; a bundle holds config.json, model.safetensors and {META_FILE}", path)
+    try:
+        data = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{META_FILE} is not valid JSON ({exc})", path) from None
+    meta = BundleMeta.from_json(data, path)
+    try:
+        model = smp.from_pretrained(str(path))
+    except Exception as exc:
+        raise BundleError(f"cannot load the network ({type(exc).__name__}: {str(exc)[:200]})", path) from None
+    n_out = _output_channels(model)
+    if n_out is not None and n_out != len(meta.classes):
+        raise BundleError(
+            f"the network has {n_out} output channels but {META_FILE} names {len(meta.classes)} classes", path
+        )
+    return Bundle(model=model.to(device).eval(), meta=meta, path=path)
+
+
+def _output_channels(model: torch.nn.Module) -> int | None:
+    head = getattr(model, "segmentation_head", None)
+    conv = head[0] if head is not None and len(head) else None
+    return getattr(conv, "out_channels", None)
