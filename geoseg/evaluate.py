@@ -34,10 +34,10 @@ from rasterio.windows import transform as window_transform
 
 from geoseg.config import DEFAULT_COLORS, IGNORE_INDEX, ClassSpec, normalize_label_value
 from geoseg.errors import InputError
+from geoseg.infer.writer import CLASSES_TAG
 from geoseg.io.raster import GridSpec, RasterInfo, block_windows, open_raster, read_info
 from geoseg.io.vector import is_vector, rasterize_labels, read_vector
 
-CLASSES_TAG = "GEOSEG_CLASSES"
 BLOCK_SIZE = 1024
 MAX_CLASS_ID = 254
 # Per-pixel codes while counting: 0-254 a possible class value, then two sentinels.

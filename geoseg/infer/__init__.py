@@ -1,0 +1,1 @@
+"""Windowed inference: window grids, the one-block engine, and class-map writing."""

@@ -1,0 +1,29 @@
+"""Segment a raster small enough to hold in memory (validation, the demo, tests).
+
+Large mosaics go through the block-parallel path; both use the same one-block engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rasterio.windows import Window
+
+from geoseg.errors import BundleError
+from geoseg.infer.engine import predict_block
+from geoseg.infer.writer import write_class_map
+from geoseg.io.raster import open_raster, read_info, read_window
+from geoseg.model.bundle import Bundle
+
+
+def segment_file(bundle: Bundle, mosaic: Path, out: Path, overwrite: bool = False) -> Path:
+    info = read_info(mosaic)
+    meta = bundle.meta
+    if max(meta.bands) > info.count:
+        raise BundleError(f"the model reads bands {meta.bands} but {mosaic.name} has {info.count}", bundle.path)
+    with open_raster(mosaic) as ds:
+        raw, valid = read_window(ds, meta.bands, Window(0, 0, info.grid.width, info.grid.height))
+    classes = predict_block(
+        bundle.model, raw, valid, meta.normalization, [c.id for c in meta.classes], meta.tile_size, meta.overlap
+    )
+    return write_class_map(out, classes, info.grid, meta.classes, overwrite)

@@ -1,0 +1,45 @@
+"""Writing class maps as DESIGN §3 describes: uint8, nodata 255, the input's exact grid, colours, names."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+
+from geoseg.config import IGNORE_INDEX, ClassSpec
+from geoseg.io.raster import GridSpec, atomic_path, ensure_writable
+
+CLASSES_TAG = "GEOSEG_CLASSES"
+
+
+def class_map_profile(grid: GridSpec) -> dict:
+    return {
+        "driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1, "dtype": "uint8",
+        "crs": grid.crs, "transform": grid.transform, "nodata": IGNORE_INDEX, "tiled": True,
+        "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+    }  # fmt: skip
+
+
+def write_class_map(
+    path: Path, classes: np.ndarray, grid: GridSpec, specs: Sequence[ClassSpec], overwrite: bool
+) -> Path:
+    """Write an in-memory class map atomically, with colour table, class names and overviews."""
+    ensure_writable(path, overwrite)
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **class_map_profile(grid)) as dst:
+        dst.write(classes, 1)
+        dst.write_colormap(1, {c.id: _rgba(c.color) for c in specs})
+        dst.update_tags(**{CLASSES_TAG: json.dumps([{"id": c.id, "name": c.name, "color": c.color} for c in specs])})
+        dst.update_tags(1, **{f"CLASS_{c.id}": c.name for c in specs})
+        factors = [f for f in (2, 4, 8, 16, 32) if min(grid.width, grid.height) // f >= 64]
+        if factors:
+            dst.build_overviews(factors, Resampling.mode)
+    return path
+
+
+def _rgba(color: str) -> tuple[int, int, int, int]:
+    color = color.lstrip("#")
+    return (int(color[0:2], 16), int(color[2:4], 16), int(color[4:6], 16), 255)
