@@ -73,9 +73,10 @@ def train(
     the full log is <out>.train/logs/metrics.csv.
     """
     from geoseg.config import load_config
+
+    cfg = load_config(config)  # before the slow import of torch and Lightning, so config errors show at once
     from geoseg.train import train as run_training
 
-    cfg = load_config(config)
     target = out or config.with_name(f"{config.stem}_model")
     reporter = Progress(progress)
     result = run_training(

@@ -53,6 +53,7 @@ class DataConfig:
     classes: list[ClassSpec]
     bands: list[int] | None = None
     label_field: str | None = None
+    background: str | None = None  # for polygons: the class value of pixels no polygon covers
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     quality_mask: QualityMaskConfig = field(default_factory=QualityMaskConfig)
 
@@ -109,11 +110,14 @@ class Config:
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("config file not found", path)
+        raise ConfigError("config file not found; check the path", path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"is not valid YAML: {str(exc).splitlines()[0]}", path) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"is not valid YAML{where} ({problem}); fix the syntax there", path) from None
     if not isinstance(raw, dict):
         raise ConfigError("must be a mapping with sections data, model, train", path)
     return parse_config(raw, path)
@@ -181,7 +185,8 @@ class _Reader:
 def _parse_data(r: _Reader, data: Any) -> DataConfig:
     if not isinstance(data, dict):
         raise r.fail("data", "section missing; it needs images, labels and classes")
-    r.unknown_keys(data, {"images", "labels", "label_field", "classes", "bands", "validation", "quality_mask"}, "data")
+    allowed = {"images", "labels", "label_field", "background", "classes", "bands", "validation", "quality_mask"}
+    r.unknown_keys(data, allowed, "data")
     images_raw = data.get("images")
     if isinstance(images_raw, str):
         images_raw = [images_raw]
@@ -204,12 +209,19 @@ def _parse_data(r: _Reader, data: Any) -> DataConfig:
     label_field = data.get("label_field")
     if label_field is not None and not isinstance(label_field, str):
         raise r.fail("data.label_field", "expected an attribute name")
+    classes = _parse_classes(r, data.get("classes"))
+    background = data.get("background")
+    if background is not None:
+        background = normalize_label_value(background)
+        if background not in {c.value for c in classes}:
+            raise r.fail("data.background", f"{background!r} is not one of the values in data.classes")
     return DataConfig(
         images=images,
         labels=labels,
-        classes=_parse_classes(r, data.get("classes")),
+        classes=classes,
         bands=bands,
         label_field=label_field,
+        background=background,
         validation=_parse_validation(r, data.get("validation") or {}),
         quality_mask=_parse_quality(r, data.get("quality_mask") or {}),
     )

@@ -32,6 +32,7 @@ from geoseg.model.bundle import BundleMeta, save_bundle
 @dataclass
 class TrainResult:
     bundle: Path
+    model: torch.nn.Module
     scores: SegmentationScores | None
     steps: int
     losses: list[float]
@@ -227,7 +228,7 @@ def train(
     )
     task.model.cpu().eval()
     bundle = save_bundle(task.model, meta, out, overwrite=overwrite)
-    return TrainResult(bundle=bundle, scores=scores, steps=trainer.global_step, losses=task.losses)
+    return TrainResult(bundle=bundle, model=task.model, scores=scores, steps=trainer.global_step, losses=task.losses)
 
 
 def _check_outputs(out: Path, work: Path, overwrite: bool, resume: bool) -> None:

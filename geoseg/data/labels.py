@@ -22,10 +22,12 @@ from geoseg.io.vector import is_vector, rasterize_labels
 UNMAPPED = np.iinfo(np.int64).min
 
 
-def labels_on_grid(path: Path, field: str | None, classes: Sequence[ClassSpec], grid: GridSpec) -> np.ndarray:
+def labels_on_grid(
+    path: Path, field: str | None, classes: Sequence[ClassSpec], grid: GridSpec, background: str | None = None
+) -> np.ndarray:
     """Class indices (0..K-1) on ``grid``, IGNORE_INDEX where unlabelled or not a listed class."""
     if is_vector(path):
-        return rasterize_labels(path, field, classes, grid)
+        return rasterize_labels(path, field, classes, grid, background)
     return _raster_labels(path, classes, grid)
 
 

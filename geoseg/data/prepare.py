@@ -50,7 +50,7 @@ def load_images(cfg: Config) -> list[ImageData]:
     label_paths = data.labels * len(infos) if len(data.labels) == 1 else data.labels
     images = []
     for info, label_path in zip(infos, label_paths, strict=True):
-        labels = labels_on_grid(label_path, data.label_field, data.classes, info.grid)
+        labels = labels_on_grid(label_path, data.label_field, data.classes, info.grid, data.background)
         if not (labels != IGNORE_INDEX).any():
             raise InputError(
                 f"no labelled pixel of the listed classes falls on {info.path.name}; do the labels overlap the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from geoseg.errors import InputError, OutputExistsError
@@ -75,7 +76,10 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
     if not path.exists():
         raise InputError("file not found; check the path", path)
     try:
-        return rasterio.open(path)
+        with warnings.catch_warnings():
+            # read_info reports a missing CRS or geotransform in one line; rasterio's warning would add two more
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
     except RasterioIOError as exc:
         raise InputError(f"not a readable raster ({_first_line(exc)}); is it a complete GeoTIFF/VRT?", path) from None
 
@@ -139,10 +143,13 @@ def block_windows(width: int, height: int, block: int) -> Iterator[Window]:
 
 
 def ensure_writable(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing output unless asked to."""
+    """Refuse to replace an existing output unless asked to.
+
+    Creates nothing: checks run before the inputs are validated, and a failed run must leave no trace
+    (the writers create the parent folder when they write).
+    """
     if path.exists() and not overwrite:
         raise OutputExistsError("exists; pass --overwrite to replace it or choose another output", path)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 @contextlib.contextmanager
@@ -161,4 +168,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or of GDAL's own error when rasterio only points to it."""
+    if "see previous exception" in str(exc).lower() and exc.__cause__ is not None:
+        exc = exc.__cause__
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

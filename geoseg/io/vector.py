@@ -38,11 +38,14 @@ def read_vector(path: str | Path) -> gpd.GeoDataFrame:
     return frame
 
 
-def rasterize_labels(path: str | Path, field: str | None, classes: Sequence[ClassSpec], grid: GridSpec) -> np.ndarray:
+def rasterize_labels(
+    path: str | Path, field: str | None, classes: Sequence[ClassSpec], grid: GridSpec, background: str | None = None
+) -> np.ndarray:
     """Burn label polygons onto ``grid`` as class indices (0..K-1), IGNORE_INDEX elsewhere.
 
     Pixels are labelled when their centre falls inside a polygon (GDAL's default rule); values of
-    ``field`` not listed in ``classes`` stay ignored, as does every pixel no polygon covers. Where
+    ``field`` not listed in ``classes`` stay ignored, as does every pixel no polygon covers unless
+    ``background`` names the class value those pixels take (e.g. "no building"). Where
     polygons overlap, the later feature wins, as in GDAL.
     """
     path = Path(path)
@@ -56,7 +59,8 @@ def rasterize_labels(path: str | Path, field: str | None, classes: Sequence[Clas
     index_of = {c.value: i for i, c in enumerate(classes)}
     values = frame[field].map(lambda v: index_of.get(normalize_label_value(v), IGNORE_INDEX))
     shapes = [(geom, int(v)) for geom, v in zip(frame.geometry, values, strict=True) if v != IGNORE_INDEX]
-    labels = np.full((grid.height, grid.width), IGNORE_INDEX, dtype=np.uint8)
+    fill = index_of[background] if background is not None else IGNORE_INDEX
+    labels = np.full((grid.height, grid.width), fill, dtype=np.uint8)
     if shapes:
         features.rasterize(shapes, out=labels, transform=grid.transform, all_touched=False)
     return labels
