@@ -150,6 +150,7 @@ def train(
     resume: bool = False,
     emit: Any = print,
     progress_bar: bool = True,
+    callbacks: list[Callback] | None = None,
 ) -> TrainResult:
     """Train a U-Net as ``cfg`` says and write the bundle to ``out`` (checkpoints beside it)."""
     work = out.with_name(out.name + ".train")
@@ -178,7 +179,7 @@ def train(
         save_last=True,
         enable_version_counter=False,
     )
-    callbacks: list[Callback] = [checkpoint, ClassTablePrinter(cfg.data.classes, emit)]
+    callbacks = [checkpoint, ClassTablePrinter(cfg.data.classes, emit), *(callbacks or [])]
     if t.early_stopping_patience and ts.val_windows:
         callbacks.append(EarlyStopping(monitor="val/miou", mode="max", patience=t.early_stopping_patience))
     trainer = L.Trainer(

@@ -106,12 +106,10 @@ class LabeledOrtho(GeoDataset):
         mask[~valid] = IGNORE_INDEX
         if self.quality is not None:
             mask[quality_codes(scaled, valid, self.quality) != QUALITY_OK] = IGNORE_INDEX
-        image = torch.from_numpy(self.normalization.standardize(scaled))
-        target = torch.from_numpy(mask.astype(np.int64))
         if self.augment is not None:
-            image, target = self._augmented(
-                image, target, scaled_mean=float(scaled[:, valid].mean()) if valid.any() else 0.5
-            )
+            scaled, mask = self._augmented(scaled, mask)
+        image = torch.from_numpy(self.normalization.standardize(np.ascontiguousarray(scaled)))
+        target = torch.from_numpy(mask.astype(np.int64))
         if self.out_size is not None and image.shape[-1] != self.out_size:
             image, target = _resize(image, target, self.out_size)
         return {"image": image, "mask": target}
@@ -126,29 +124,24 @@ class LabeledOrtho(GeoDataset):
             out[r0 - window.row : r1 - window.row, c0 - window.col : c1 - window.col] = self.labels[r0:r1, c0:c1]
         return out
 
-    def _augmented(
-        self, image: torch.Tensor, target: torch.Tensor, scaled_mean: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flips, 90° rotations and brightness/contrast jitter (applied in scaled units)."""
+    def _augmented(self, scaled: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flips, 90° rotations (views, no copies) and brightness/contrast jitter in scaled 0..1 units."""
         aug = self.augment
         assert aug is not None
         rng = self._generator()
         if aug.flips and rng.random() < 0.5:
-            image, target = image.flip(-1), target.flip(-1)
+            scaled, mask = scaled[:, :, ::-1], mask[:, ::-1]
         if aug.flips and rng.random() < 0.5:
-            image, target = image.flip(-2), target.flip(-2)
-        if aug.rot90 and image.shape[-1] == image.shape[-2]:
+            scaled, mask = scaled[:, ::-1, :], mask[::-1, :]
+        if aug.rot90 and mask.shape[0] == mask.shape[1]:
             k = int(rng.integers(0, 4))
-            image, target = torch.rot90(image, k, (-2, -1)), torch.rot90(target, k, (-2, -1))
+            scaled, mask = np.rot90(scaled, k, axes=(1, 2)), np.rot90(mask, k)
         if aug.brightness or aug.contrast:
-            std = torch.tensor(self.normalization.std, dtype=torch.float32)[:, None, None]
-            mean = torch.tensor(self.normalization.mean, dtype=torch.float32)[:, None, None]
-            scaled = image * std + mean
             contrast = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
             brightness = rng.uniform(-aug.brightness, aug.brightness)
-            scaled = ((scaled - scaled_mean) * contrast + scaled_mean + brightness).clamp(0, 1)
-            image = (scaled - mean) / std
-        return image.contiguous(), target.contiguous()
+            centre = float(scaled.mean())
+            scaled = np.clip((scaled - centre) * contrast + (centre + brightness), 0.0, 1.0, dtype=np.float32)
+        return scaled, mask
 
     def _generator(self) -> np.random.Generator:
         if self._rng is None:

@@ -41,7 +41,10 @@ class BandStats:
         cumulative = np.cumsum(self.hist)
         if cumulative[-1] == 0:
             return float(self.min)
-        idx = int(np.searchsorted(cumulative, q / 100.0 * cumulative[-1], side="left"))
+        # the smallest value with at least q% of the pixels at or below it (numpy's "inverted_cdf");
+        # at least one pixel, so q = 0 gives the minimum rather than the histogram's lowest edge
+        target = max(q / 100.0 * cumulative[-1], 1)
+        idx = int(np.searchsorted(cumulative, target, side="left"))
         return float(self.hist_edges[min(idx, len(self.hist) - 1)])
 
     def to_json(self, bins: int = 64) -> dict:

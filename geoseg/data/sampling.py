@@ -93,16 +93,18 @@ class LabeledWindowSampler(SpatialSampler):
         if self.scale_jitter:
             side = max(8, round(self.size * rng.uniform(1 - self.scale_jitter, 1 + self.scale_jitter)))
         half = self.cell // 2
+        h, w = self.dataset.labels.shape
         r = row + int(rng.integers(-half, half + 1)) - (side - self.size) // 2
         c = col + int(rng.integers(-half, half + 1)) - (side - self.size) // 2
-        window = PixelWindow(r, c, side, side)
+        # an axis shorter than the window keeps it at 0, padded past the far edge (the grid rule)
+        window = PixelWindow(r if h > side else 0, c if w > side else 0, side, side)
         if self._qualifies(window):
             return window
         return PixelWindow(row, col, self.size, self.size)
 
     def _qualifies(self, w: PixelWindow) -> bool:
         h, wd = self.dataset.labels.shape
-        if min(h, wd) >= w.height and (w.row < 0 or w.col < 0 or w.row + w.height > h or w.col + w.width > wd):
+        if not (_fits(w.row, w.height, h) and _fits(w.col, w.width, wd)):
             return False
         r0, c0 = max(w.row, 0), max(w.col, 0)
         r1, c1 = min(w.row + w.height, h), min(w.col + w.width, wd)
@@ -216,6 +218,11 @@ def _clamped_offsets(start: int, length: int, size: int, limit: int) -> list[int
     offsets = [start + o for o in grid_offsets(length, size, size)]
     offsets = [min(max(o, 0), limit - size) for o in offsets] if limit >= size else [0]
     return sorted(set(offsets))
+
+
+def _fits(offset: int, side: int, length: int) -> bool:
+    """Inside the raster along one axis, or at 0 where the raster is shorter than the window."""
+    return offset == 0 if length <= side else 0 <= offset <= length - side
 
 
 def _cell_size(size: int) -> int:

@@ -130,9 +130,25 @@ def read_window(ds: rasterio.DatasetReader, bands: Sequence[int], window: Window
     valid is (h, w) bool, False where the raster is nodata (nodata value, alpha band or internal
     mask) or outside its extent.
     """
-    data = ds.read(list(bands), window=window, boundless=True, fill_value=0)
-    mask = ds.dataset_mask(window=window, boundless=True)
-    return data, mask > 0
+    height, width = int(window.height), int(window.width)
+    row, col = int(window.row_off), int(window.col_off)
+    data = np.zeros((len(bands), height, width), dtype=ds.dtypes[0])
+    valid = np.zeros((height, width), dtype=bool)
+    # Read only the part inside the raster: rasterio's boundless reads build a VRT every call.
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + height, ds.height), min(col + width, ds.width)
+    if r1 <= r0 or c1 <= c0:
+        return data, valid
+    inner = Window(c0, r0, c1 - c0, r1 - r0)
+    rows, cols = slice(r0 - row, r1 - row), slice(c0 - col, c1 - col)
+    data[:, rows, cols] = ds.read(list(bands), window=inner)
+    inside = ds.dataset_mask(window=inner) > 0
+    alpha = next((i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None)
+    if alpha is not None and not any(MaskFlags.alpha in flags for flags in ds.mask_flag_enums):
+        # GDAL honours an alpha band only for Byte/UInt16 rasters; for other types apply it here
+        inside &= ds.read(alpha, window=inner) > 0
+    valid[rows, cols] = inside
+    return data, valid
 
 
 def block_windows(width: int, height: int, block: int) -> Iterator[Window]:

@@ -1,0 +1,124 @@
+"""Inference on one block: windowed prediction equals the whole image at once (no seams)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from geoseg.config import IGNORE_INDEX
+from geoseg.data.preprocess import Normalization
+from geoseg.infer.engine import predict_block
+from geoseg.infer.windows import blend_weights, window_grid
+
+CLASS_IDS = [4, 0, 9]
+NORM = Normalization([(0.0, 255.0)] * 3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+class PerPixel(torch.nn.Module):
+    """A 1×1 convolution with fixed weights: each output pixel depends on its own input pixel only."""
+
+    def __init__(self, in_channels: int = 3, n_classes: int = 3) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(in_channels, n_classes, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator) * 3)
+            self.conv.bias.copy_(torch.randn(n_classes, generator=generator))
+        self.calls = 0
+        self.windows = 0
+        self.shapes: set[tuple[int, ...]] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.windows += x.shape[0]
+        self.shapes.add(tuple(x.shape[1:]))
+        return self.conv(x)
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (3, h, w), dtype=np.uint8)
+
+
+@torch.inference_mode()
+def _whole(model: PerPixel, raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The reference: the model on the whole image at once."""
+    image = NORM.apply(raw)
+    image[:, ~valid] = 0.0
+    logits = model.conv(torch.from_numpy(image)[None])[0]
+    out = np.asarray(CLASS_IDS, dtype=np.uint8)[logits.argmax(dim=0).numpy()]
+    out[~valid] = IGNORE_INDEX
+    return out
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "tile", "overlap"),
+    [
+        (100, 77, 32, 8),
+        (100, 77, 48, 16),
+        (97, 131, 64, 0),
+        (65, 65, 64, 63),
+        (130, 45, 40, 20),
+        (20, 27, 32, 8),  # smaller than one tile
+        (32, 100, 32, 16),  # exactly one tile high
+    ],
+)
+def test_windowed_equals_whole_image(h: int, w: int, tile: int, overlap: int) -> None:
+    model = PerPixel()
+    raw = _image(h, w, seed=h * w)
+    valid = np.ones((h, w), dtype=bool)
+    out = predict_block(model, raw, valid, NORM, CLASS_IDS, tile=tile, overlap=overlap, batch_size=3)
+    assert out.dtype == np.uint8 and out.shape == (h, w)
+    np.testing.assert_array_equal(out, _whole(model, raw, valid))
+    assert model.shapes == {(3, tile, tile)}  # always full tiles, padded where the image is smaller
+    assert set(np.unique(out)) == set(CLASS_IDS)  # every class occurs, so the comparison means something
+
+
+def test_batch_size_does_not_change_the_result() -> None:
+    model = PerPixel()
+    raw = _image(90, 70, seed=1)
+    valid = np.ones((90, 70), dtype=bool)
+    results = [predict_block(model, raw, valid, NORM, CLASS_IDS, 32, 8, batch_size=b) for b in (1, 2, 16)]
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+def test_invalid_pixels_are_255_and_the_rest_unchanged() -> None:
+    model = PerPixel()
+    h, w = 80, 90
+    raw = _image(h, w, seed=2)
+    valid = np.random.default_rng(3).random((h, w)) > 0.3
+    out = predict_block(model, raw, valid, NORM, CLASS_IDS, tile=32, overlap=8)
+    assert (out[~valid] == IGNORE_INDEX).all()
+    assert (out[valid] != IGNORE_INDEX).all()
+    np.testing.assert_array_equal(out, _whole(model, raw, valid))
+
+
+def test_windows_entirely_nodata_are_skipped() -> None:
+    model = PerPixel()
+    h, w, tile = 96, 96, 32
+    raw = _image(h, w, seed=4)
+    valid = np.zeros((h, w), dtype=bool)
+    valid[:40, :40] = True  # only the top-left windows (and their neighbours' overlap) see data
+    out = predict_block(model, raw, valid, NORM, CLASS_IDS, tile=tile, overlap=0, batch_size=1)
+    origins = window_grid(h, w, tile, 0)
+    with_data = [(r, c) for r, c in origins if valid[r : r + tile, c : c + tile].any()]
+    assert len(origins) == 9 and len(with_data) == 4
+    assert model.windows == model.calls == 4
+    np.testing.assert_array_equal(out, _whole(model, raw, valid))
+
+
+def test_all_nodata_block_runs_no_window() -> None:
+    model = PerPixel()
+    raw = np.zeros((3, 50, 60), dtype=np.uint8)
+    out = predict_block(model, raw, np.zeros((50, 60), dtype=bool), NORM, CLASS_IDS, tile=32, overlap=8)
+    assert model.calls == 0
+    assert (out == IGNORE_INDEX).all()
+
+
+def test_blend_weights_are_positive_and_peak_in_the_middle() -> None:
+    weights = blend_weights(64)
+    assert weights.shape == (64, 64) and weights.dtype == np.float32
+    assert (weights > 0).all()
+    assert weights[32, 32] > weights[0, 32] and weights[32, 32] > weights[32, 0]
+    np.testing.assert_allclose(weights, weights.T)
