@@ -89,7 +89,7 @@ class SegmentationTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
         logits = self(batch["image"])
-        loss = self._loss(logits.float(), batch["mask"])
+        loss = self._loss(logits.float(), batch["mask"].long())
         self.losses.append(float(loss.detach()))
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["image"]))
         return loss
@@ -99,7 +99,7 @@ class SegmentationTask(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
         logits = self(batch["image"])
-        target = batch["mask"]
+        target = batch["mask"].long()
         self.log("val/loss", self._loss(logits.float(), target), batch_size=len(target))
         keep = target != IGNORE_INDEX
         pred = logits.argmax(1)[keep].cpu()
@@ -260,6 +260,7 @@ def _loaders(ts: TrainingSet, batch_size: int, workers: int) -> tuple[DataLoader
         sampler=ts.train_sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
         drop_last=False,
     )
     val_loader = (

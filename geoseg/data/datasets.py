@@ -46,7 +46,7 @@ class LabeledOrtho(GeoDataset):
     """One orthomosaic and its class-index labels (uint8, IGNORE_INDEX where unlabeled).
 
     ``ds[xmin:xmax, ymin:ymax]`` (CRS units, as torchgeo samplers yield) returns ``{"image":
-    float32 (C, H, W) normalized, "mask": int64 (H, W) with IGNORE_INDEX where the loss must not
+    float32 (C, H, W) normalized, "mask": uint8 (H, W) with IGNORE_INDEX where the loss must not
     look}``. Ignored are unlabeled pixels, nodata, pixels outside the image and, if enabled,
     pixels the quality mask flags.
     """
@@ -109,7 +109,7 @@ class LabeledOrtho(GeoDataset):
         if self.augment is not None:
             scaled, mask = self._augmented(scaled, mask)
         image = torch.from_numpy(self.normalization.standardize(np.ascontiguousarray(scaled)))
-        target = torch.from_numpy(mask.astype(np.int64))
+        target = torch.from_numpy(np.ascontiguousarray(mask))  # uint8: a quarter of int64 to ship to the GPU
         if self.out_size is not None and image.shape[-1] != self.out_size:
             image, target = _resize(image, target, self.out_size)
         return {"image": image, "mask": target}
@@ -166,7 +166,7 @@ class LabeledOrtho(GeoDataset):
 def _resize(image: torch.Tensor, target: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     image = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
     target = torch.nn.functional.interpolate(target[None, None].float(), size=(size, size), mode="nearest")[0, 0]
-    return image, target.long()
+    return image, target.to(torch.uint8)
 
 
 class ImageCollection(Dataset):

@@ -47,7 +47,7 @@ def _ds(path: Path, labels: np.ndarray, **kwargs) -> LabeledOrtho:
 def test_read_normalizes_pixels_and_masks_nodata(files) -> None:
     path, image, labels = files
     sample = _ds(path, labels).read(PixelWindow(0, 0, 32, 32))
-    assert sample["image"].dtype == torch.float32 and sample["mask"].dtype == torch.int64
+    assert sample["image"].dtype == torch.float32 and sample["mask"].dtype == torch.uint8
     np.testing.assert_allclose(sample["image"].numpy(), NORM.apply(image[:, :32, :32]), rtol=1e-6)
     mask = sample["mask"].numpy()
     assert (mask[:5, :5] == IGNORE_INDEX).all()
