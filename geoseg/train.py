@@ -181,7 +181,15 @@ def train(
     )
     callbacks = [checkpoint, ClassTablePrinter(cfg.data.classes, emit), *(callbacks or [])]
     if t.early_stopping_patience and ts.val_windows:
-        callbacks.append(EarlyStopping(monitor="val/miou", mode="max", patience=t.early_stopping_patience))
+        callbacks.append(
+            EarlyStopping(
+                monitor="val/miou",
+                mode="max",
+                patience=t.early_stopping_patience,
+                strict=False,
+                check_on_train_epoch_end=False,
+            )
+        )
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -228,7 +236,7 @@ def train(
         },
     )
     task.model.cpu().eval()
-    bundle = save_bundle(task.model, meta, out, overwrite=overwrite)
+    bundle = save_bundle(task.model, meta, out, overwrite=overwrite or resume)
     return TrainResult(bundle=bundle, model=task.model, scores=scores, steps=trainer.global_step, losses=task.losses)
 
 

@@ -1,0 +1,69 @@
+"""Resuming an interrupted training, and the quality-mask command, on real files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from geoseg.config import load_config
+from geoseg.demo_data import make_survey
+from geoseg.errors import OutputExistsError
+from geoseg.train import train
+from tests.conftest import write_config
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory: pytest.TempPathFactory):
+    return make_survey(tmp_path_factory.mktemp("survey"), size=384, seed=3)
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, survey, lite0_weights: Path) -> None:
+    config = write_config(
+        tmp_path / "train.yaml",
+        f"""
+data: {{images: [{survey.image}], labels: {survey.labels}, classes: {{1: soil, 2: crust, 3: lichen, 4: moss}}}}
+model: {{encoder: tu-efficientnet_lite0, weights: {lite0_weights}}}
+train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, epochs: 10}}
+""",
+    )
+    cfg = load_config(config)
+    out = tmp_path / "bundle"
+    with pytest.raises(OutputExistsError, match="no checkpoint to resume"):
+        train(cfg, out, max_steps=2, resume=True, emit=lambda _: None, progress_bar=False)
+    first = train(cfg, out, max_steps=2, emit=lambda _: None, progress_bar=False)
+    assert first.steps == 2
+    # An interruption before the bundle is exported leaves only the checkpoints behind.
+    for f in out.iterdir():
+        f.unlink()
+    out.rmdir()
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train(cfg, out, max_steps=4, emit=lambda _: None, progress_bar=False)
+    resumed = train(cfg, out, max_steps=4, resume=True, emit=lambda _: None, progress_bar=False)
+    assert resumed.steps == 4
+    assert len(resumed.losses) == 2  # only the two missing steps ran
+    assert (out / "geoseg.json").is_file()
+
+
+def test_quality_mask_command_flags_glare_and_keeps_the_grid(tmp_path: Path, survey) -> None:
+    out = tmp_path / "quality.tif"
+    run = subprocess.run(
+        [sys.executable, "-m", "geoseg", "quality-mask", str(survey.image), "--out", str(out), "--progress", "none"],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "overexposed" in run.stdout
+    with rasterio.open(out) as mask, rasterio.open(survey.image) as image:
+        assert (mask.crs, mask.transform, mask.shape) == (image.crs, image.transform, image.shape)
+        codes = mask.read(1)
+        nodata = image.dataset_mask() == 0
+    r0, r1, c0, c1 = survey.overexposed_box
+    assert (codes[r0:r1, c0:c1] == 1).all()
+    assert (codes[nodata] == 255).all()
+    assert np.isin(np.unique(codes), [0, 1, 2, 3, 255]).all()
+    assert (codes[~nodata] == 0).mean() > 0.5
