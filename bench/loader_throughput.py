@@ -60,13 +60,16 @@ from torch.utils.data import DataLoader
 from torchgeo.datasets import RasterDataset, stack_samples
 from torchgeo.samplers import RandomGeoSampler
 
-from geoseg.config import IGNORE_INDEX, AugmentConfig
-from geoseg.data.datasets import LabeledOrtho, PixelWindow
-from geoseg.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalization
-from geoseg.data.sampling import LabeledWindowSampler
-from geoseg.io.raster import read_info
-
 ROOT = Path(__file__).resolve().parent.parent
+# Measure the geoseg of this checkout, wherever the environment's (editable) install points.
+sys.path.insert(0, str(ROOT))
+
+from geoseg.config import IGNORE_INDEX, AugmentConfig  # noqa: E402
+from geoseg.data.datasets import LabeledOrtho, PixelWindow  # noqa: E402
+from geoseg.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalization  # noqa: E402
+from geoseg.data.sampling import LabeledWindowSampler  # noqa: E402
+from geoseg.io.raster import read_info  # noqa: E402
+
 DEFAULT_MOSAIC_SCRIPT = Path("/work/shared/bench/make_mosaic.py")
 SECTION = "## Training-window loader throughput (issue 2)"
 TILE = 512
@@ -331,6 +334,24 @@ def read_breakdown(inputs: Inputs, n: int = 40) -> list[tuple[str, float, float]
 # reporting
 
 
+def others_busy(seconds: float) -> float:
+    """Cores used by other processes over ``seconds`` (this process idles meanwhile)."""
+    busy0, own0 = cpu_busy_seconds(), own_cpu_seconds()
+    time.sleep(seconds)
+    return max((cpu_busy_seconds() - busy0) - (own_cpu_seconds() - own0), 0.0) / seconds
+
+
+def wait_until_others_idle(max_other: float, timeout: float = 120.0) -> float:
+    """Before a measurement: if others are busy, wait for a quiet 5 s spell (up to ``timeout``)."""
+    waited, busy = 0.0, others_busy(1.0)
+    while busy > max_other and waited < timeout:
+        busy = others_busy(5.0)
+        waited += 5.0
+    if waited:
+        print(f"  waited {waited:.0f} s for other processes to go quiet (now {busy:.2f} cores)", flush=True)
+    return waited
+
+
 def wait_for_quiet(max_load: float, max_wait: float) -> tuple[float, float]:
     """Wait (60 s steps, up to ``max_wait``) until the 1-min load average is at most ``max_load``."""
     waited = 0.0
@@ -344,20 +365,26 @@ def wait_for_quiet(max_load: float, max_wait: float) -> tuple[float, float]:
 
 
 def geoseg_state() -> str:
-    """Commit, working-tree status and a digest of geoseg/**/*.py: which geoseg code was measured."""
+    """Commit, working-tree status and a digest of the geoseg modules this process imported."""
+    files = sorted(
+        Path(m.__file__).resolve()
+        for name, m in list(sys.modules.items())
+        if (name == "geoseg" or name.startswith("geoseg.")) and getattr(m, "__file__", None)
+    )
     digest = hashlib.sha256()
-    for f in sorted((ROOT / "geoseg").rglob("*.py")):
-        digest.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes())
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + (f.read_bytes() if f.exists() else b""))
     head = "?"
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "geoseg"], cwd=ROOT, capture_output=True, text=True)
-        head += " + uncommitted changes under geoseg/" if dirty.stdout.strip() else ""
-    except OSError:
+        rel = [str(f.relative_to(ROOT)) for f in files if f.is_relative_to(ROOT)]
+        dirty = subprocess.run(["git", "status", "--porcelain", *rel], cwd=ROOT, capture_output=True, text=True)
+        head += " + uncommitted changes" if dirty.stdout.strip() else ""
+    except (OSError, ValueError):
         pass
-    return f"{head} (sources sha256 {digest.hexdigest()[:12]})"
+    return f"{head} (sha256 of the {len(files)} imported geoseg modules: {digest.hexdigest()[:12]})"
 
 
 def machine_lines() -> list[str]:
@@ -547,8 +574,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-other",
         type=float,
         default=0.2,
-        help="repeat a measurement (after 30 s) when other processes used more than this many cores on "
-        "average during it (from /proc/stat; default 0.2)",
+        help="cores other processes may use (from /proc/stat): wait for a quiet spell before each "
+        "measurement, repeat one during which they used more (default 0.2)",
     )
     p.add_argument("--retries", type=int, default=2, help="repeats of a disturbed measurement (default 2)")
     args = p.parse_args(argv)
@@ -589,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         for workers in args.workers:
             for p in order:
                 for attempt in range(1, args.retries + 2):
+                    wait_until_others_idle(args.max_other)
                     m = measure(p, workers, rnd, args.windows, args.batch, args.warmup, args.seed + rnd)
                     m.attempts = attempt
                     print(
@@ -599,8 +627,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     if m.other_share <= args.max_other or attempt > args.retries:
                         break
-                    print(f"  disturbed (> {args.max_other} cores used by others); retrying in 30 s", flush=True)
-                    time.sleep(30)
+                    print(f"  disturbed (> {args.max_other} cores used by others); repeating", flush=True)
                 report.measurements.append(m)
     if not args.no_breakdown:
         busy0, own0, t0 = cpu_busy_seconds(), own_cpu_seconds(), time.perf_counter()
