@@ -88,6 +88,7 @@ def train(
         resume=resume,
         emit=reporter.message,
         progress_bar=progress == ProgressMode.bar,
+        step_progress=reporter.stage("train") if progress == ProgressMode.json else None,
     )
     reporter.message(f"bundle: {result.bundle}")
     if result.scores is not None:

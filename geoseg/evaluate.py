@@ -37,6 +37,7 @@ from geoseg.errors import InputError
 from geoseg.infer.writer import CLASSES_TAG
 from geoseg.io.raster import GridSpec, RasterInfo, block_windows, open_raster, read_info
 from geoseg.io.vector import is_vector, rasterize_labels, read_vector
+from geoseg.metrics import SegmentationScores, confusion_from_arrays, scores_from_confusion
 
 BLOCK_SIZE = 1024
 MAX_CLASS_ID = 254
@@ -49,7 +50,7 @@ _WARP_SOURCE_NODATA = 65535  # a uint16 code that never occurs, so GDAL warps ev
 
 @dataclass
 class EvaluationResult:
-    """Scores of one prediction against its labels.
+    """Scores of one prediction against its labels: the classes and their :class:`SegmentationScores`.
 
     ``confusion[i, j]`` counts pixels of true class ``classes[i]`` predicted as ``classes[j]``.
     Ratios that are 0/0 (e.g. the precision of a class never predicted) are NaN.
@@ -59,68 +60,58 @@ class EvaluationResult:
     """
 
     classes: list[ClassSpec]
-    confusion: np.ndarray
-    support: np.ndarray  # true pixels per class (row sums plus misses to unlisted predictions)
-    predicted: np.ndarray  # counted pixels predicted as each class (column sums)
-    iou: np.ndarray
-    f1: np.ndarray
-    precision: np.ndarray
-    recall: np.ndarray
-    miou: float
-    overall_accuracy: float
-    pixels: int
+    scores: SegmentationScores
+
+    @property
+    def confusion(self) -> np.ndarray:
+        return self.scores.confusion
+
+    @property
+    def support(self) -> np.ndarray:
+        """True pixels per class (row sums plus misses to unlisted predictions)."""
+        return self.scores.support
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """Counted pixels predicted as each class (column sums)."""
+        return self.scores.predicted
+
+    @property
+    def iou(self) -> np.ndarray:
+        return self.scores.iou
+
+    @property
+    def f1(self) -> np.ndarray:
+        return self.scores.f1
+
+    @property
+    def precision(self) -> np.ndarray:
+        return self.scores.precision
+
+    @property
+    def recall(self) -> np.ndarray:
+        return self.scores.recall
+
+    @property
+    def miou(self) -> float:
+        return self.scores.miou
+
+    @property
+    def overall_accuracy(self) -> float:
+        return self.scores.overall_accuracy
+
+    @property
+    def pixels(self) -> int:
+        return self.scores.pixels
 
     def to_json(self) -> dict[str, Any]:
         """The ``geoseg evaluate --json`` document (NaN becomes null)."""
-        return {
-            "miou": _json_number(self.miou),
-            "overall_accuracy": _json_number(self.overall_accuracy),
-            "per_class": [
-                {
-                    "class_id": spec.id,
-                    "name": spec.name,
-                    "iou": _json_number(self.iou[k]),
-                    "f1": _json_number(self.f1[k]),
-                    "precision": _json_number(self.precision[k]),
-                    "recall": _json_number(self.recall[k]),
-                    "support": int(self.support[k]),
-                }
-                for k, spec in enumerate(self.classes)
-            ],
-            "confusion_matrix": self.confusion.astype(int).tolist(),
-            "class_ids": [spec.id for spec in self.classes],
-            "pixels": int(self.pixels),
-        }
+        return self.scores.to_json([spec.name for spec in self.classes], [spec.id for spec in self.classes])
 
     def table(self) -> str:
-        """An aligned text table, one row per class and a closing mIoU / accuracy line."""
+        """An aligned text table, one row per class and a closing mIoU / accuracy / pixels line."""
         labels = [f"{spec.id} {spec.name}" if spec.name != str(spec.id) else spec.name for spec in self.classes]
-        width = max([len("class"), *map(len, labels)])
-        header = f"{'class':<{width}}  {'IoU':>6}  {'F1':>6}  {'precision':>9}  {'recall':>6}  {'support':>12}"
-        lines = [header, "-" * len(header)]
-        for k, label in enumerate(labels):
-            lines.append(
-                f"{label:<{width}}  {_fmt(self.iou[k]):>6}  {_fmt(self.f1[k]):>6}  "
-                f"{_fmt(self.precision[k]):>9}  {_fmt(self.recall[k]):>6}  {int(self.support[k]):>12,}"
-            )
-        lines.append("-" * len(header))
-        lines.append(
-            f"mIoU {_fmt(self.miou)}   overall accuracy {_fmt(self.overall_accuracy)}   pixels {self.pixels:,}"
-        )
-        return "\n".join(lines)
-
-
-def confusion_from_arrays(truth_idx: np.ndarray, pred_idx: np.ndarray, k: int) -> np.ndarray:
-    """KxK counts (rows truth, columns prediction) of the pixels where both indices lie in 0..k-1.
-
-    Anything else (the ignore index 255, negative values) is left out.
-    """
-    truth = np.asarray(truth_idx).ravel().astype(np.int64)
-    pred = np.asarray(pred_idx).ravel().astype(np.int64)
-    if truth.shape != pred.shape:
-        raise ValueError(f"truth and prediction differ in size: {truth.size} vs {pred.size}")
-    keep = (truth >= 0) & (truth < k) & (pred >= 0) & (pred < k)
-    return np.bincount(truth[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
+        return self.scores.table(labels, style="report")
 
 
 def read_class_table(path: str | Path) -> list[ClassSpec] | None:
@@ -390,33 +381,4 @@ def _score(joint: np.ndarray, labels: _LabelSource, classes: list[ClassSpec], pa
 
 
 def _result_from_counts(classes: list[ClassSpec], confusion: np.ndarray, support: np.ndarray) -> EvaluationResult:
-    true_positive = np.diag(confusion).astype(np.float64)
-    predicted = confusion.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = true_positive / (support + predicted - true_positive)
-        f1 = 2 * true_positive / (support + predicted)
-        precision = true_positive / predicted
-        recall = true_positive / support
-    pixels = int(support.sum())
-    present = (support > 0) | (predicted > 0)
-    return EvaluationResult(
-        classes=list(classes),
-        confusion=confusion,
-        support=support,
-        predicted=predicted,
-        iou=iou,
-        f1=f1,
-        precision=precision,
-        recall=recall,
-        miou=float(iou[present].mean()) if present.any() else math.nan,
-        overall_accuracy=float(true_positive.sum() / pixels) if pixels else math.nan,
-        pixels=pixels,
-    )
-
-
-def _json_number(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
-
-
-def _fmt(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.4f}"
+    return EvaluationResult(classes=list(classes), scores=scores_from_confusion(confusion, support))

@@ -6,6 +6,7 @@ import logging
 import math
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from geoseg.config import IGNORE_INDEX, ClassSpec, Config
 from geoseg.data.datasets import ImageCollection, LabeledOrtho, PixelWindow
@@ -72,7 +74,8 @@ class SegmentationTask(L.LightningModule):
         if "focal" in loss:
             self.extra_loss = smp.losses.FocalLoss("multiclass", ignore_index=IGNORE_INDEX)
         self.use_ce = loss != "focal"
-        self.confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
+        # torchmetrics accumulates on the model's device and skips ignored pixels itself.
+        self.confusion = MulticlassConfusionMatrix(n_classes, ignore_index=IGNORE_INDEX)
         self.history: list[SegmentationScores] = []
         self.losses: list[float] = []
 
@@ -95,23 +98,18 @@ class SegmentationTask(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self.confusion = torch.zeros(self.n_classes, self.n_classes, dtype=torch.long)
+        self.confusion.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
         logits = self(batch["image"])
         target = batch["mask"].long()
         self.log("val/loss", self._loss(logits.float(), target), batch_size=len(target))
-        keep = target != IGNORE_INDEX
-        pred = logits.argmax(1)[keep].cpu()
-        truth = target[keep].cpu()
-        self.confusion += torch.bincount(truth * self.n_classes + pred, minlength=self.n_classes**2).reshape(
-            self.n_classes, self.n_classes
-        )
+        self.confusion.update(logits.argmax(1), target)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        scores = scores_from_confusion(self.confusion.numpy())
+        scores = scores_from_confusion(self.confusion.compute().cpu().numpy())
         self.history.append(scores)
         self.log("val/miou", scores.miou if not math.isnan(scores.miou) else 0.0, prog_bar=True)
         for k in range(self.n_classes):
@@ -123,6 +121,17 @@ class SegmentationTask(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optimizer = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
         return optimizer(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class StepProgress(Callback):
+    """Reports optimizer steps as (done, total), e.g. to `--progress json` for the QGIS plugin."""
+
+    def __init__(self, report: Callable[[int, int], None], total: int) -> None:
+        self.report = report
+        self.total = total
+
+    def on_train_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        self.report(trainer.global_step, self.total)
 
 
 class ClassTablePrinter(Callback):
@@ -151,6 +160,7 @@ def train(
     emit: Any = print,
     progress_bar: bool = True,
     callbacks: list[Callback] | None = None,
+    step_progress: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train a U-Net as ``cfg`` says and write the bundle to ``out`` (checkpoints beside it)."""
     work = out.with_name(out.name + ".train")
@@ -180,6 +190,8 @@ def train(
         enable_version_counter=False,
     )
     callbacks = [checkpoint, ClassTablePrinter(cfg.data.classes, emit), *(callbacks or [])]
+    if step_progress is not None:
+        callbacks.append(StepProgress(step_progress, max_steps or t.epochs * steps_per_epoch))
     if t.early_stopping_patience and ts.val_windows:
         callbacks.append(
             EarlyStopping(
