@@ -271,6 +271,8 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # Expected when resuming into the same folders; Lightning keeps and appends to them.
+    warnings.filterwarnings("ignore", ".*(Experiment logs|Checkpoint) directory .* exists and is not empty.*")
 
 
 def _loaders(ts: TrainingSet, batch_size: int, workers: int) -> tuple[DataLoader, DataLoader | None]:
