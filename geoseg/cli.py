@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from geoseg.errors import GeoSegError
+from geoseg.io.raster import atomic_path
 from geoseg.progress import Progress, ProgressMode
 
 app = typer.Typer(
@@ -96,6 +97,117 @@ def train(
 
 
 @app.command()
+def infer(
+    mosaic: Annotated[Path, typer.Argument(help="Orthomosaic to segment (GeoTIFF, COG or VRT), any size.")],
+    model: Annotated[Path, typer.Option("--model", help="Model bundle folder (or .zip) from `geoseg train`.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", help="Where <stem>_classes.tif, <stem>_polygons.gpkg and <stem>_areas.json go.")
+    ] = Path("."),
+    tile: Annotated[int | None, typer.Option(min=32, help="Window side in px. Default: the bundle's.")] = None,
+    overlap: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Window overlap in px; overlapping windows are blended with smooth weights. Default: the bundle's.",
+        ),
+    ] = None,
+    block_size: Annotated[
+        int,
+        typer.Option(
+            "--block-size",
+            min=64,
+            help="Side of the blocks processed in parallel; memory grows with it, results do not change.",
+        ),
+    ] = 2048,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per forward pass.")] = 4,
+    workers: Annotated[int, typer.Option(min=1, help="Blocks processed at once.")] = 1,
+    scheduler: Annotated[
+        str,
+        typer.Option(
+            help="sync, threads, processes, local (a Dask LocalCluster) or the "
+            "address of a running Dask scheduler (tcp://host:8786)."
+        ),
+    ] = "threads",
+    device: Annotated[Device, typer.Option(help="auto uses a CUDA GPU when one is visible.")] = Device.auto,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="auto: bf16 on GPUs (fp16 where bf16 is missing) and on CPUs "
+            "with bf16 units, else fp32. Or fp32, bf16, fp16."
+        ),
+    ] = "auto",
+    aoi: Annotated[
+        Path | None,
+        typer.Option(help="Polygon file (any CRS) limiting where to segment; outside it the class map is nodata."),
+    ] = None,
+    confidence: Annotated[
+        bool,
+        typer.Option(
+            "--confidence",
+            help="Also write <stem>_confidence.tif (percent, the blended probability of the chosen class).",
+        ),
+    ] = False,
+    min_area: Annotated[
+        float,
+        typer.Option("--min-area", min=0, help="Drop polygons smaller than this (CRS units², m² for projected CRSs)."),
+    ] = 0.0,
+    simplify: Annotated[
+        float,
+        typer.Option(min=0, help="Simplify polygons with this tolerance (CRS units); shared borders stay shared."),
+    ] = 0.0,
+    no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip the GeoPackage.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    progress: ProgressOption = ProgressMode.bar,
+) -> None:
+    """Segment a mosaic of any size: a class map on its exact grid, polygons and per-class areas.
+
+    The mosaic is cut into blocks processed in parallel (Dask); each block runs the model over
+    overlapping windows of the raster-wide grid and blends them, so there are no seams and the result
+    does not depend on block size, worker count or scheduler. Nodata (value, alpha or mask) stays nodata.
+    """
+    from geoseg.infer.run import InferOptions, segment_mosaic
+    from geoseg.io.raster import ensure_writable
+    from geoseg.vectorize import class_areas, vectorize_class_map
+
+    stem = mosaic.stem
+    classes_path = out_dir / f"{stem}_classes.tif"
+    polygons_path = out_dir / f"{stem}_polygons.gpkg"
+    areas_path = out_dir / f"{stem}_areas.json"
+    for path in ([] if no_polygons else [polygons_path]) + [areas_path]:
+        ensure_writable(path, overwrite)
+    reporter = Progress(progress)
+    options = InferOptions(tile=tile, overlap=overlap, block_size=block_size, batch_size=batch_size,
+                           workers=workers, scheduler=scheduler, device=device.value, precision=precision,
+                           aoi=aoi, confidence=confidence)  # fmt: skip
+    result = segment_mosaic(mosaic, model, classes_path, options, overwrite=overwrite,
+                            confidence_path=out_dir / f"{stem}_confidence.tif" if confidence else None,
+                            progress=reporter)  # fmt: skip
+    reporter.message(f"class map: {result.classes} ({result.spec.precision}, tile {result.spec.tile}, "
+                     f"overlap {result.spec.overlap}, {result.blocks} blocks)")  # fmt: skip
+    if result.confidence is not None:
+        reporter.message(f"confidence: {result.confidence}")
+    if not no_polygons:
+        reporter.update("polygons", 0, 1)
+        vectors = vectorize_class_map(result.classes, polygons_path, min_area=min_area, simplify=simplify,
+                                      overwrite=overwrite)  # fmt: skip
+        reporter.update("polygons", 1, 1)
+        reporter.message(f"polygons: {polygons_path} ({vectors.n_polygons:,})")
+    areas = class_areas(result.classes)
+    with atomic_path(areas_path) as tmp:
+        tmp.write_text(json.dumps(areas, indent=2) + "\n")
+    reporter.message(_areas_table(areas))
+    reporter.message(f"areas: {areas_path}")
+
+
+def _areas_table(areas: dict) -> str:
+    rows = [f"{'class':<24} {'pixels':>12} {'area':>14} {'share':>7}"]
+    for c in areas["classes"]:
+        area = f"{c['area_m2']:,.1f} m²" if c.get("area_m2") is not None else f"{c['area']:,.1f}"
+        rows.append(f"{c['name']:<24} {c['pixels']:>12,} {area:>14} {c['percent']:>6.1f}%")
+    return "\n".join(rows)
+
+
+@app.command()
 def evaluate(
     prediction: Annotated[Path, typer.Argument(help="Class map GeoTIFF (one band of class ids, nodata 255).")],
     labels: Annotated[
@@ -116,7 +228,7 @@ def evaluate(
     resampled (nearest) onto the prediction's grid; polygons in another CRS are reprojected.
     """
     from geoseg.evaluate import evaluate as run_evaluation
-    from geoseg.io.raster import atomic_path, ensure_writable
+    from geoseg.io.raster import ensure_writable
 
     if json_out is not None:
         ensure_writable(json_out, overwrite)

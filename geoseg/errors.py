@@ -42,3 +42,7 @@ class DeviceError(GeoSegError):
 
 class WeightsUnavailableError(GeoSegError):
     """Pretrained weights were requested but cannot be fetched."""
+
+
+class OutputError(GeoSegError):
+    """An output cannot be written (folder missing rights, disk full)."""

@@ -21,6 +21,7 @@ from geoseg import __version__
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.data.preprocess import Normalization
 from geoseg.errors import BundleError, OutputExistsError
+from geoseg.io.raster import umask
 
 FORMAT_VERSION = 1
 META_FILE = "geoseg.json"
@@ -112,6 +113,7 @@ def save_bundle(model: smp.Unet, meta: BundleMeta, out_dir: Path, overwrite: boo
         raise OutputExistsError("exists; pass --overwrite to replace it or choose another --out", out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    staging.chmod(0o777 & ~umask())  # mkdtemp makes 0700; a bundle is shared like any other output
     try:
         # The weights now live in model.safetensors; the recorded constructor argument must not make
         # smp.from_pretrained download ImageNet weights again before loading them.

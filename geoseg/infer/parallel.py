@@ -1,0 +1,163 @@
+"""Blocks of a mosaic as Dask tasks. Knows nothing of tensors: each task calls the one-block engine.
+
+Each worker process loads the model once (a per-process cache keyed by bundle, device and
+precision) and keeps its own file handles; the caller is the only writer. Blocks are submitted in
+waves of a few per worker, so memory is bounded by block size, not by mosaic size.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import dask
+import numpy as np
+import rasterio
+import torch
+from rasterio import features
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+from shapely.geometry.base import BaseGeometry
+
+from geoseg.config import IGNORE_INDEX
+from geoseg.infer.engine import BlockResult, InferenceSpec, predict_region
+from geoseg.io.raster import read_window
+from geoseg.model.bundle import Bundle, load_bundle
+
+SCHEDULERS = ("sync", "threads", "processes")
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything a worker needs for one block; small and picklable."""
+
+    mosaic: str
+    bundle: str
+    device: str
+    spec: InferenceSpec
+    bands: tuple[int, ...]
+    window: Window
+    raster_shape: tuple[int, int]
+    confidence: bool
+    aoi: BaseGeometry | None  # in the mosaic's CRS
+
+
+@cache
+def _cached_bundle(path: str, device: str) -> Bundle:
+    bundle = load_bundle(path, device=device)
+    bundle.model.to(memory_format=torch.channels_last)
+    return bundle
+
+
+_READERS: dict[tuple[int, str], rasterio.DatasetReader] = {}
+
+
+def _reader(path: str) -> rasterio.DatasetReader:
+    """One handle per process and thread: GDAL handles are not safe to share between threads."""
+    import threading
+
+    key = (threading.get_ident(), path)
+    if key not in _READERS:
+        _READERS[key] = rasterio.open(path)
+    return _READERS[key]
+
+
+def run_block(job: BlockJob) -> tuple[Window, BlockResult]:
+    model = _cached_bundle(job.bundle, job.device).model
+    ds = _reader(job.mosaic)
+
+    def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
+        return read_window(ds, job.bands, window)
+
+    result = predict_region(model, read, job.window, job.raster_shape, job.spec, job.confidence)
+    if job.aoi is not None:
+        inside = features.geometry_mask(
+            [job.aoi], out_shape=result.classes.shape, transform=window_transform(job.window, ds.transform),
+            invert=True,
+        )  # fmt: skip
+        result.classes[~inside] = IGNORE_INDEX
+        if result.confidence is not None:
+            result.confidence[~inside] = 0.0
+    return job.window, result
+
+
+def run_blocks(
+    jobs: list[BlockJob],
+    scheduler: str,
+    workers: int,
+    on_done: Callable[[Window, BlockResult], None],
+) -> None:
+    """Run ``jobs`` on ``scheduler`` (sync, threads, processes or a distributed address) in waves."""
+    if scheduler in SCHEDULERS:
+        _run_local(jobs, scheduler, workers, on_done)
+    else:
+        _run_distributed(jobs, scheduler, workers, on_done)
+
+
+def _run_local(jobs: list[BlockJob], scheduler: str, workers: int, on_done) -> None:
+    """Dask's local schedulers, with one pool for the whole run so each process loads the model once."""
+    if scheduler == "sync":
+        for job in jobs:
+            on_done(*dask.compute(dask.delayed(run_block)(job), scheduler="synchronous")[0])
+        return
+    if scheduler == "threads":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        pool = ThreadPoolExecutor(workers)
+    else:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    with pool:
+        for wave in _waves(jobs, 2 * workers):
+            tasks = [dask.delayed(run_block)(job) for job in wave]
+            for window, result in dask.compute(*tasks, scheduler=scheduler, pool=pool):
+                on_done(window, result)
+
+
+def _run_distributed(jobs: list[BlockJob], address: str, workers: int, on_done) -> None:
+    from distributed import Client, LocalCluster, as_completed
+
+    if address == "local":
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        with cluster, Client(cluster) as client:
+            _submit_bounded(client, jobs, workers, on_done, as_completed)
+        return
+    with Client(address) as client:
+        n = max(1, len(client.scheduler_info().get("workers", {})) or workers)
+        _submit_bounded(client, jobs, n, on_done, as_completed)
+
+
+def _submit_bounded(client, jobs, workers, on_done, as_completed) -> None:
+    """Keep about two blocks per worker in flight; results are written as they arrive."""
+    pending = iter(jobs)
+    in_flight = as_completed()
+    for job in _take(pending, 2 * workers):
+        in_flight.add(client.submit(run_block, job, pure=False))
+    for future in in_flight:
+        window, result = future.result()
+        future.release()
+        on_done(window, result)
+        for job in _take(pending, 1):
+            in_flight.add(client.submit(run_block, job, pure=False))
+
+
+def _take(items: Iterator[BlockJob], n: int) -> list[BlockJob]:
+    out = []
+    for _ in range(n):
+        item = next(items, None)
+        if item is None:
+            break
+        out.append(item)
+    return out
+
+
+def _waves(jobs: list[BlockJob], size: int) -> Iterator[list[BlockJob]]:
+    for start in range(0, len(jobs), size):
+        yield jobs[start : start + size]
+
+
+def bundle_key(path: Path) -> str:
+    return str(Path(path).resolve())

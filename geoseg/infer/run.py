@@ -1,0 +1,171 @@
+"""`geoseg infer`: a mosaic of any size → class map (+ confidence) on its exact grid, blocks in parallel.
+
+Everything the user can get wrong is checked before any output is created; outputs appear atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import shapely
+import torch
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+from shapely.geometry.base import BaseGeometry
+
+from geoseg.config import IGNORE_INDEX
+from geoseg.device import cpu_has_bf16, resolve_device
+from geoseg.errors import BundleError, InputError, OutputError
+from geoseg.infer.engine import BlockResult, InferenceSpec
+from geoseg.infer.parallel import BlockJob, run_blocks
+from geoseg.infer.writer import confidence_percent, open_class_map, open_confidence_map
+from geoseg.io.raster import GridSpec, RasterInfo, block_windows, ensure_writable, read_info
+from geoseg.io.vector import read_vector
+from geoseg.model.bundle import Bundle, load_bundle
+from geoseg.progress import Progress
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    tile: int | None = None
+    overlap: int | None = None
+    block_size: int = 4096
+    batch_size: int = 4
+    workers: int = 1
+    scheduler: str = "threads"  # sync | threads | processes | local (LocalCluster) | a scheduler address
+    device: str = "auto"
+    precision: str = "auto"
+    aoi: Path | None = None
+    confidence: bool = False
+
+
+@dataclass(frozen=True)
+class ClassMapResult:
+    classes: Path
+    confidence: Path | None
+    spec: InferenceSpec
+    blocks: int
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """auto: bf16 on GPUs that support it (else fp16), bf16 on CPUs with bf16 units, else fp32."""
+    if requested not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def check_bundle_fits(bundle: Bundle, info: RasterInfo) -> None:
+    if max(bundle.meta.bands) > info.count:
+        raise BundleError(
+            f"reads bands {bundle.meta.bands} but {info.path.name} has {info.count} band(s); "
+            "use a model trained on this kind of imagery",
+            bundle.path,
+        )
+
+
+def aoi_in_crs(path: Path, info: RasterInfo) -> BaseGeometry:
+    """The AOI's union in the mosaic's CRS; refused when it does not overlap the mosaic."""
+    frame = read_vector(path).to_crs(info.grid.crs)
+    area = shapely.union_all(frame.geometry.make_valid().values)
+    if not area.intersects(shapely.box(*info.grid.bounds)):
+        raise InputError(f"does not overlap {info.path.name} (after reprojection to {info.grid.crs})", path)
+    return area
+
+
+def check_output_folder(folder: Path) -> None:
+    """Fail early, in one line, when outputs could not be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".geoseg-write-check-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write here ({exc.strerror}); choose another --out-dir", folder) from None
+
+
+def segment_mosaic(
+    mosaic: Path,
+    bundle_path: Path,
+    classes_path: Path,
+    options: InferOptions,
+    overwrite: bool = False,
+    confidence_path: Path | None = None,
+    progress: Progress | None = None,
+) -> ClassMapResult:
+    info = read_info(mosaic)
+    device = resolve_device(options.device)
+    bundle = load_bundle(bundle_path, device="cpu")
+    check_bundle_fits(bundle, info)
+    aoi = aoi_in_crs(options.aoi, info) if options.aoi is not None else None
+    check_output_folder(classes_path.parent)
+    for path in (classes_path, confidence_path):
+        if path is not None:
+            ensure_writable(path, overwrite)
+    meta = bundle.meta
+    tile = options.tile or meta.tile_size
+    overlap = meta.overlap if options.overlap is None else options.overlap
+    if not 0 <= overlap < tile:
+        raise InputError(f"--overlap must be at least 0 and less than the tile ({tile}), got {overlap}")
+    spec = InferenceSpec(
+        normalization=meta.normalization,
+        class_ids=[c.id for c in meta.classes],
+        tile=tile,
+        overlap=overlap,
+        batch_size=options.batch_size,
+        precision=resolve_precision(options.precision, device),
+    )
+    windows = list(block_windows(info.grid.width, info.grid.height, options.block_size))
+    grid = info.grid
+    jobs, skipped = [], []
+    for window in windows:
+        if aoi is not None and not aoi.intersects(_window_box(window, info)):
+            skipped.append(window)
+            continue
+        jobs.append(
+            BlockJob(str(mosaic), str(Path(bundle_path).resolve()), device, spec, tuple(meta.bands), window,
+                     (grid.height, grid.width), confidence_path is not None, aoi)
+        )  # fmt: skip
+    reporter = progress or Progress()
+    done = 0
+    with open_class_map(classes_path, grid, meta.classes) as dst, _maybe_confidence(confidence_path, grid) as conf:
+
+        def write(window: Window, result: BlockResult) -> None:
+            nonlocal done
+            dst.write(result.classes, 1, window=window)
+            if conf is not None and result.confidence is not None:
+                conf.write(confidence_percent(result.confidence, result.classes), 1, window=window)
+            done += 1
+            reporter.update("segment", done, len(windows))
+
+        for window in skipped:
+            write(window, _empty(window))
+        try:
+            run_blocks(jobs, options.scheduler, options.workers, write)
+        except RasterioIOError as exc:
+            raise InputError(f"could not be read to the end ({str(exc).splitlines()[0]}); re-copy it", mosaic) from None
+    return ClassMapResult(classes_path, confidence_path, spec, len(windows))
+
+
+def _window_box(window: Window, info: RasterInfo) -> BaseGeometry:
+    t = info.grid.transform
+    x0, y0 = t @ (window.col_off, window.row_off)
+    x1, y1 = t @ (window.col_off + window.width, window.row_off + window.height)
+    return shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def _empty(window: Window) -> BlockResult:
+    shape = (int(window.height), int(window.width))
+    return BlockResult(np.full(shape, IGNORE_INDEX, dtype=np.uint8), np.zeros(shape, dtype=np.float32))
+
+
+def _maybe_confidence(path: Path | None, grid: GridSpec) -> contextlib.AbstractContextManager:
+    return open_confidence_map(path, grid) if path is not None else contextlib.nullcontext()

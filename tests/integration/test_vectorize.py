@@ -1,0 +1,313 @@
+"""Polygons and areas from written class maps, checked against the source projects' expected values."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from pyproj import CRS as ProjCRS
+from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from geoseg.config import ClassSpec
+from geoseg.errors import GeoSegError, OutputError, OutputExistsError
+from geoseg.infer.writer import CLASSES_TAG
+from geoseg.vectorize import LAYER_NAME, class_areas, vectorize_class_map
+from tests.conftest import shared_data
+
+UTM16 = CRS.from_epsg(32616)
+SPECS = [ClassSpec("0", 0, "background", "#000000"), ClassSpec("1", 1, "building", "#ff0000")]
+
+
+def write_map(
+    path: Path,
+    classes: np.ndarray,
+    transform=None,
+    crs: CRS | None = UTM16,
+    block: int = 256,
+    by_blocks: bool = False,
+    tag: bool = True,
+) -> Path:
+    """A class map GeoTIFF (uint8, nodata 255), written in one go or window by window."""
+    height, width = classes.shape
+    profile = {
+        "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8", "nodata": 255,
+        "crs": crs, "transform": transform or from_origin(0, height, 1, 1),
+        "tiled": True, "blockxsize": block, "blockysize": block, "compress": "deflate",
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        if by_blocks:
+            for row in range(0, height, block):
+                for col in range(0, width, block):
+                    window = Window(col, row, min(block, width - col), min(block, height - row))
+                    dst.write(classes[row : row + block, col : col + block], 1, window=window)
+        else:
+            dst.write(classes, 1)
+        if tag:
+            dst.update_tags(
+                **{CLASSES_TAG: json.dumps([{"id": c.id, "name": c.name, "color": c.color} for c in SPECS])}
+            )
+    return path
+
+
+def spacenet_mask() -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(shared_data("spacenet_atlanta", "sample_fp_mask_from_geojson.tif")) as ds:
+            return ds.read(1)
+
+
+@pytest.fixture(scope="module")
+def spacenet_map(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 0/255 footprint mask as a class map: 255 -> building (1), 0 -> background (0), no nodata.
+
+    Pixel-sized cells with the origin at (0, 900), so x = column and y = 900 - row.
+    """
+    mask = spacenet_mask()
+    classes = np.where(mask == 255, 1, 0).astype(np.uint8)
+    return write_map(tmp_path_factory.mktemp("spacenet") / "classes.tif", classes, from_origin(0, 900, 1, 1))
+
+
+def read_polygons(path: Path) -> gpd.GeoDataFrame:
+    return gpd.read_file(path, layer=LAYER_NAME) if path.suffix == ".gpkg" else gpd.read_file(path)
+
+
+def canonical(frame: gpd.GeoDataFrame) -> list[tuple[int, bytes]]:
+    return sorted(zip(frame.class_id.tolist(), shapely.to_wkb(shapely.normalize(frame.geometry.values)), strict=True))
+
+
+# --- the source project's expected values ------------------------------------------------------------
+
+
+def test_spacenet_mask_gives_43_building_polygons(spacenet_map: Path, tmp_path: Path) -> None:
+    out = tmp_path / "polygons.gpkg"
+    result = vectorize_class_map(spacenet_map, out, connectivity=4, min_pixels=40)
+    frame = read_polygons(out)
+    buildings = frame[frame.class_id == 1]
+    assert len(buildings) == 43
+    assert result.counts[1] == 43 and result.n_polygons == len(frame)
+    assert result.dropped >= 1  # the 1-pixel building the source project drops too
+    assert set(buildings.class_name) == {"building"}
+
+    reference = gpd.read_file(shared_data("spacenet_atlanta", "gdf_from_mask_1.geojson")).geometry.values
+    # gdf_from_mask_1.geojson is in pixel coordinates with y = row (downwards); ours has y = 900 - row
+    reference = shapely.transform(reference, lambda xy: np.column_stack([xy[:, 0], 900 - xy[:, 1]]))
+    ours, theirs = shapely.union_all(buildings.geometry.values), shapely.union_all(reference)
+    assert ours.symmetric_difference(theirs).area / theirs.area < 0.005
+    assert ours.area == pytest.approx(33817)  # 33,818 foreground pixels less the 1-pixel region
+
+
+def test_min_area_in_crs_units_matches_min_pixels(spacenet_map: Path, tmp_path: Path) -> None:
+    by_area = vectorize_class_map(spacenet_map, tmp_path / "a.gpkg", min_area=40.0)
+    by_pixels = vectorize_class_map(spacenet_map, tmp_path / "p.gpkg", min_pixels=40)
+    everything = vectorize_class_map(spacenet_map, tmp_path / "all.gpkg")
+    assert by_area.counts == by_pixels.counts
+    assert everything.counts[1] == 44 and everything.dropped == 0
+
+
+def test_connectivity_diagonal_line(tmp_path: Path) -> None:
+    """rasterio's own fixture: a 10×10 zero image with a diagonal of ones -> 12 shapes (4-conn), 2 (8-conn)."""
+    image = np.zeros((10, 10), dtype=np.uint8)
+    np.fill_diagonal(image, 1)
+    path = write_map(tmp_path / "diagonal.tif", image)
+    rook = vectorize_class_map(path, tmp_path / "rook.gpkg", connectivity=4)
+    queen = vectorize_class_map(path, tmp_path / "queen.gpkg", connectivity=8)
+    assert rook.n_polygons == 12 and rook.counts == {0: 2, 1: 10}
+    assert queen.n_polygons == 2 and queen.counts == {0: 1, 1: 1}
+    assert read_polygons(tmp_path / "queen.gpkg").is_valid.all()
+
+
+def test_same_polygons_for_any_internal_tiling(tmp_path: Path) -> None:
+    """Polygonization works on the file: 16 px tiles written block by block equal one 512 px write."""
+    classes = np.where(spacenet_mask() == 255, 1, 0).astype(np.uint8)
+    classes[:, 700:] = np.where(classes[:, 700:] == 1, 2, classes[:, 700:])  # a third class across tile borders
+    classes[850:, :30] = 255  # and some nodata
+    transform = from_origin(740_000.25, 3_737_000.75, 0.3, 0.3)
+    whole = write_map(tmp_path / "whole.tif", classes, transform, block=512)
+    tiled = write_map(tmp_path / "tiled.tif", classes, transform, block=16, by_blocks=True)
+    for connectivity in (4, 8):
+        a = vectorize_class_map(whole, tmp_path / f"whole{connectivity}.gpkg", connectivity=connectivity)
+        b = vectorize_class_map(tiled, tmp_path / f"tiled{connectivity}.gpkg", connectivity=connectivity)
+        assert a.counts == b.counts and 2 in a.counts and 255 not in a.counts
+        pa, pb = read_polygons(a.path), read_polygons(b.path)
+        assert canonical(pa) == canonical(pb)
+        valid = np.count_nonzero(classes != 255) * 0.3 * 0.3
+        assert pa.area.sum() == pytest.approx(valid)
+
+
+def test_coverage_simplification_keeps_shared_borders(spacenet_map: Path, tmp_path: Path) -> None:
+    exact = read_polygons(vectorize_class_map(spacenet_map, tmp_path / "exact.gpkg").path)
+    result = vectorize_class_map(spacenet_map, tmp_path / "simple.gpkg", simplify=1.5)
+    simple = read_polygons(result.path)
+    assert result.simplified and len(simple) == len(exact)
+    assert simple.is_valid.all()
+    # fewer vertices, same tiling of the valid area: no gaps, no overlaps
+    assert (
+        shapely.get_num_coordinates(simple.geometry.values).sum()
+        < 0.7 * shapely.get_num_coordinates(exact.geometry.values).sum()
+    )
+    geoms = simple.geometry.values
+    assert shapely.coverage_is_valid(geoms)
+    union = shapely.union_all(geoms)
+    assert union.area == pytest.approx(900 * 900, rel=1e-9)
+    assert simple.area.sum() == pytest.approx(union.area, rel=1e-9)  # areas add up: no overlaps
+    tree = shapely.STRtree(geoms)
+    left, right = tree.query(geoms, predicate="intersects")
+    pairs = left < right
+    overlap = shapely.area(shapely.intersection(geoms[left[pairs]], geoms[right[pairs]])).sum()
+    assert overlap < 1e-6
+
+
+# --- fields, CRS, areas --------------------------------------------------------------------------------
+
+
+def test_fields_crs_and_areas(tmp_path: Path) -> None:
+    classes = np.where(spacenet_mask() == 255, 1, 0).astype(np.uint8)
+    classes[:100, :100] = 255
+    transform = from_origin(740_000, 3_737_000, 0.5, 0.5)
+    path = write_map(tmp_path / "classes.tif", classes, transform)
+    out = tmp_path / "polygons.gpkg"
+    vectorize_class_map(path, out)
+    frame = read_polygons(out)
+    assert list(frame.columns) == ["class_id", "class_name", "area", "area_m2", "geometry"]
+    assert frame.crs.equals(ProjCRS.from_epsg(32616))
+    assert frame.class_id.dtype.kind == "i" and set(frame.class_name) == {"background", "building"}
+    valid_m2 = np.count_nonzero(classes != 255) * 0.25
+    assert frame.area_m2.sum() == pytest.approx(valid_m2)
+    np.testing.assert_allclose(frame.area, frame.geometry.area)
+
+    report = class_areas(path)
+    json.dumps(report)  # JSON-ready
+    assert report["crs"] == "EPSG:32616" and report["pixel_area"] == 0.25
+    assert report["valid_pixels"] == np.count_nonzero(classes != 255)
+    assert sum(c["percent"] for c in report["classes"]) == pytest.approx(100)
+    by_id = {c["class_id"]: c for c in report["classes"]}
+    assert by_id[1]["pixels"] == np.count_nonzero(classes == 1) and by_id[1]["name"] == "building"
+    assert by_id[1]["area_m2"] == pytest.approx(by_id[1]["pixels"] * 0.25)
+    assert by_id[1]["area_ha"] == pytest.approx(by_id[1]["area_m2"] / 10_000)
+    polygon_m2 = frame.groupby("class_id").area_m2.sum()
+    for class_id, row in by_id.items():
+        assert polygon_m2[class_id] == pytest.approx(row["area_m2"])
+
+
+def test_names_from_specs_then_tag_then_ids(tmp_path: Path) -> None:
+    image = np.array([[0, 1], [2, 255]], dtype=np.uint8)
+    untagged = write_map(tmp_path / "untagged.tif", image, tag=False)
+    frame = read_polygons(vectorize_class_map(untagged, tmp_path / "ids.geojson").path)
+    assert sorted(frame.class_name) == ["0", "1", "2"]
+    specs = [ClassSpec("7", 2, "moss", "#00ff00")]
+    named = read_polygons(vectorize_class_map(untagged, tmp_path / "named.geojson", classes=specs).path)
+    assert dict(zip(named.class_id, named.class_name, strict=True))[2] == "moss"
+    report = class_areas(untagged, classes=specs)
+    assert [(c["class_id"], c["name"], c["pixels"]) for c in report["classes"]] == [
+        (0, "0", 1), (1, "1", 1), (2, "moss", 1)
+    ]  # fmt: skip
+
+
+def test_geographic_crs_has_no_square_metres(tmp_path: Path) -> None:
+    image = np.zeros((4, 4), dtype=np.uint8)
+    path = write_map(tmp_path / "wgs84.tif", image, from_origin(10, 50, 0.001, 0.001), crs=CRS.from_epsg(4326))
+    frame = read_polygons(vectorize_class_map(path, tmp_path / "p.gpkg").path)
+    assert "area_m2" not in frame.columns and frame.crs.equals(ProjCRS.from_epsg(4326))
+    report = class_areas(path)
+    assert report["classes"][0]["area_m2"] is None and report["classes"][0]["percent"] == 100
+
+
+# --- refusals ------------------------------------------------------------------------------------------
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
+    path = write_map(tmp_path / "c.tif", np.zeros((8, 8), dtype=np.uint8))
+    out = tmp_path / "p.gpkg"
+    vectorize_class_map(path, out)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        vectorize_class_map(path, out)
+    vectorize_class_map(path, out, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_output_under_a_file_is_refused(tmp_path: Path) -> None:
+    path = write_map(tmp_path / "c.tif", np.zeros((8, 8), dtype=np.uint8))
+    (tmp_path / "blocker").write_text("")
+    with pytest.raises(OutputError) as info:
+        vectorize_class_map(path, tmp_path / "blocker" / "sub" / "p.gpkg")
+    assert "\n" not in str(info.value) and "not a folder" in str(info.value)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_unwritable_folder_is_refused(tmp_path: Path) -> None:
+    path = write_map(tmp_path / "c.tif", np.zeros((8, 8), dtype=np.uint8))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="not writable"):
+            vectorize_class_map(path, locked / "p.gpkg")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_bad_format_and_options(tmp_path: Path) -> None:
+    path = write_map(tmp_path / "c.tif", np.zeros((8, 8), dtype=np.uint8))
+    with pytest.raises(OutputError, match="unknown polygon format"):
+        vectorize_class_map(path, tmp_path / "p.shp")
+    with pytest.raises(GeoSegError, match="connectivity"):
+        vectorize_class_map(path, tmp_path / "p.gpkg", connectivity=6)
+    with pytest.raises(GeoSegError, match="not found"):
+        vectorize_class_map(tmp_path / "missing.tif", tmp_path / "p.gpkg")
+    assert not (tmp_path / "p.gpkg").exists()
+
+
+def test_simplification_without_coverage_simplify_warns_and_keeps_outlines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_map(tmp_path / "c.tif", np.kron(np.eye(4, dtype=np.uint8), np.ones((3, 3), dtype=np.uint8)))
+    exact = read_polygons(vectorize_class_map(path, tmp_path / "exact.gpkg").path)
+    monkeypatch.delattr(shapely, "coverage_simplify")
+    with pytest.warns(RuntimeWarning, match="shapely ≥ 2.1"):
+        result = vectorize_class_map(path, tmp_path / "fallback.gpkg", simplify=1.0)
+    assert not result.simplified
+    assert canonical(read_polygons(result.path)) == canonical(exact)
+
+
+def test_parquet_output_or_a_clear_refusal(tmp_path: Path) -> None:
+    path = write_map(tmp_path / "c.tif", np.zeros((8, 8), dtype=np.uint8))
+    out = tmp_path / "p.parquet"
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        with pytest.raises(OutputError, match="pyarrow"):
+            vectorize_class_map(path, out)
+        assert not out.exists()
+    else:
+        vectorize_class_map(path, out)
+        frame = gpd.read_parquet(out)
+        assert frame.crs.equals(ProjCRS.from_epsg(32616)) and frame.area_m2.sum() == pytest.approx(64)
+
+
+def test_empty_class_map_writes_an_empty_layer(tmp_path: Path) -> None:
+    path = write_map(tmp_path / "c.tif", np.full((8, 8), 255, dtype=np.uint8))
+    result = vectorize_class_map(path, tmp_path / "p.gpkg")
+    assert result.n_polygons == 0 and len(read_polygons(result.path)) == 0
+    report = class_areas(path)
+    assert report["valid_pixels"] == 0 and all(c["percent"] == 0 for c in report["classes"])
+
+
+def test_batches_of_polygons_join_up(spacenet_map: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    import geoseg.vectorize as vectorize
+
+    whole = read_polygons(vectorize_class_map(spacenet_map, tmp_path / "whole.gpkg", min_pixels=40).path)
+    monkeypatch.setattr(vectorize, "_batches", functools.partial(vectorize._batches, size=4))
+    batched = vectorize_class_map(spacenet_map, tmp_path / "batched.gpkg", min_pixels=40)
+    assert batched.counts[1] == 43 and canonical(read_polygons(batched.path)) == canonical(whole)
