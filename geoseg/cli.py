@@ -120,7 +120,14 @@ def infer(
         ),
     ] = 2048,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per forward pass.")] = 4,
-    workers: Annotated[int, typer.Option(min=1, help="Blocks processed at once.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Blocks processed at once. On the CPU each block "
+            "uses one core. Default: the number of cores, at most 8.",
+        ),
+    ] = None,
     scheduler: Annotated[
         str,
         typer.Option(
@@ -165,7 +172,7 @@ def infer(
     overlapping windows of the raster-wide grid and blends them, so there are no seams and the result
     does not depend on block size, worker count or scheduler. Nodata (value, alpha or mask) stays nodata.
     """
-    from geoseg.infer.run import InferOptions, segment_mosaic
+    from geoseg.infer.run import InferOptions, default_workers, segment_mosaic
     from geoseg.io.raster import ensure_writable
     from geoseg.vectorize import class_areas, vectorize_class_map
 
@@ -177,8 +184,8 @@ def infer(
         ensure_writable(path, overwrite)
     reporter = Progress(progress)
     options = InferOptions(tile=tile, overlap=overlap, block_size=block_size, batch_size=batch_size,
-                           workers=workers, scheduler=scheduler, device=device.value, precision=precision,
-                           aoi=aoi, confidence=confidence)  # fmt: skip
+                           workers=workers or default_workers(), scheduler=scheduler, device=device.value,
+                           precision=precision, aoi=aoi, confidence=confidence)  # fmt: skip
     result = segment_mosaic(mosaic, model, classes_path, options, overwrite=overwrite,
                             confidence_path=out_dir / f"{stem}_confidence.tif" if confidence else None,
                             progress=reporter)  # fmt: skip

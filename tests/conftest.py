@@ -32,3 +32,31 @@ def lite0_weights() -> Path:
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def make_random_bundle(
+    path: Path,
+    bands: list[int],
+    n_classes: int = 3,
+    tile: int = 128,
+    overlap: int = 16,
+    seed: int = 0,
+    scale: tuple[float, float] = (0.0, 255.0),
+    encoder: str = "tu-efficientnet_lite0",
+) -> Path:
+    """A valid bundle around a seeded, randomly initialised U-Net (no weights needed, nothing downloaded)."""
+    import segmentation_models_pytorch as smp
+    import torch
+
+    from geoseg.config import DEFAULT_COLORS, ClassSpec
+    from geoseg.data.preprocess import Normalization
+    from geoseg.model.bundle import BundleMeta, save_bundle
+
+    torch.manual_seed(seed)
+    model = smp.Unet(encoder, encoder_weights=None, in_channels=len(bands), classes=n_classes).eval()
+    classes = [ClassSpec(str(i + 1), i + 1, f"class {i + 1}", DEFAULT_COLORS[i]) for i in range(n_classes)]
+    n = len(bands)
+    meta = BundleMeta(
+        classes, bands, Normalization([scale] * n, [0.5] * n, [0.25] * n), tile_size=tile, overlap=overlap
+    )
+    return save_bundle(model, meta, path, overwrite=True)

@@ -3,12 +3,15 @@
 Each worker process loads the model once (a per-process cache keyed by bundle, device and
 precision) and keeps its own file handles; the caller is the only writer. Blocks are submitted in
 waves of a few per worker, so memory is bounded by block size, not by mosaic size.
+
+On the CPU every forward pass runs with one intra-op thread: PyTorch's convolutions sum in a
+different order with a different thread count, which would make the class map depend on the
+scheduler and worker count. Parallelism comes from running blocks side by side instead.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,7 +70,16 @@ def _reader(path: str) -> rasterio.DatasetReader:
     return _READERS[key]
 
 
+def _close_readers() -> None:
+    """Close this process's file handles (left open, GDAL complains when the interpreter exits)."""
+    while _READERS:
+        _, reader = _READERS.popitem()
+        reader.close()
+
+
 def run_block(job: BlockJob) -> tuple[Window, BlockResult]:
+    if job.device == "cpu":
+        torch.set_num_threads(1)
     model = _cached_bundle(job.bundle, job.device).model
     ds = _reader(job.mosaic)
 
@@ -101,20 +113,24 @@ def run_blocks(
 
 def _run_local(jobs: list[BlockJob], scheduler: str, workers: int, on_done) -> None:
     """Dask's local schedulers, with one pool for the whole run so each process loads the model once."""
-    if scheduler == "sync":
-        for job in jobs:
-            on_done(*dask.compute(dask.delayed(run_block)(job), scheduler="synchronous")[0])
-        return
-    if scheduler == "threads":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-        pool = ThreadPoolExecutor(workers)
-    else:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    with pool:
-        for wave in _waves(jobs, 2 * workers):
-            tasks = [dask.delayed(run_block)(job) for job in wave]
-            for window, result in dask.compute(*tasks, scheduler=scheduler, pool=pool):
-                on_done(window, result)
+    threads = torch.get_num_threads()  # run_block sets 1 in this process for sync and threads; restore it
+    try:
+        if scheduler == "sync":
+            for job in jobs:
+                on_done(*dask.compute(dask.delayed(run_block)(job), scheduler="synchronous")[0])
+            return
+        if scheduler == "threads":
+            pool = ThreadPoolExecutor(workers)
+        else:
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        with pool:
+            for wave in _waves(jobs, 2 * workers):
+                tasks = [dask.delayed(run_block)(job) for job in wave]
+                for window, result in dask.compute(*tasks, scheduler=scheduler, pool=pool):
+                    on_done(window, result)
+    finally:
+        torch.set_num_threads(threads)
+        _close_readers()
 
 
 def _run_distributed(jobs: list[BlockJob], address: str, workers: int, on_done) -> None:

@@ -6,8 +6,9 @@ Everything the user can get wrong is checked before any output is created; outpu
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from geoseg.errors import BundleError, InputError, OutputError
 from geoseg.infer.engine import BlockResult, InferenceSpec
 from geoseg.infer.parallel import BlockJob, run_blocks
 from geoseg.infer.writer import confidence_percent, open_class_map, open_confidence_map
-from geoseg.io.raster import GridSpec, RasterInfo, block_windows, ensure_writable, read_info
+from geoseg.io.raster import GridSpec, RasterInfo, block_windows, ensure_writable, first_line, read_info
 from geoseg.io.vector import read_vector
 from geoseg.model.bundle import Bundle, load_bundle
 from geoseg.progress import Progress
@@ -31,13 +32,18 @@ from geoseg.progress import Progress
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def default_workers() -> int:
+    """One block per core (each forward pass is single-threaded on the CPU), at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 @dataclass(frozen=True)
 class InferOptions:
     tile: int | None = None
     overlap: int | None = None
-    block_size: int = 4096
+    block_size: int = 2048
     batch_size: int = 4
-    workers: int = 1
+    workers: int = field(default_factory=default_workers)
     scheduler: str = "threads"  # sync | threads | processes | local (LocalCluster) | a scheduler address
     device: str = "auto"
     precision: str = "auto"
@@ -103,25 +109,26 @@ def segment_mosaic(
 ) -> ClassMapResult:
     info = read_info(mosaic)
     device = resolve_device(options.device)
+    precision = resolve_precision(options.precision, device)
     bundle = load_bundle(bundle_path, device="cpu")
     check_bundle_fits(bundle, info)
-    aoi = aoi_in_crs(options.aoi, info) if options.aoi is not None else None
-    check_output_folder(classes_path.parent)
-    for path in (classes_path, confidence_path):
-        if path is not None:
-            ensure_writable(path, overwrite)
     meta = bundle.meta
     tile = options.tile or meta.tile_size
     overlap = meta.overlap if options.overlap is None else options.overlap
     if not 0 <= overlap < tile:
         raise InputError(f"--overlap must be at least 0 and less than the tile ({tile}), got {overlap}")
+    aoi = aoi_in_crs(options.aoi, info) if options.aoi is not None else None
+    for path in (classes_path, confidence_path):
+        if path is not None:
+            ensure_writable(path, overwrite)
+    check_output_folder(classes_path.parent)  # last: it creates the folder, so a refused run leaves none
     spec = InferenceSpec(
         normalization=meta.normalization,
         class_ids=[c.id for c in meta.classes],
         tile=tile,
         overlap=overlap,
         batch_size=options.batch_size,
-        precision=resolve_precision(options.precision, device),
+        precision=precision,
     )
     windows = list(block_windows(info.grid.width, info.grid.height, options.block_size))
     grid = info.grid
@@ -151,7 +158,7 @@ def segment_mosaic(
         try:
             run_blocks(jobs, options.scheduler, options.workers, write)
         except RasterioIOError as exc:
-            raise InputError(f"could not be read to the end ({str(exc).splitlines()[0]}); re-copy it", mosaic) from None
+            raise InputError(f"could not be read to the end ({first_line(exc)}); re-copy it", mosaic) from None
     return ClassMapResult(classes_path, confidence_path, spec, len(windows))
 
 

@@ -81,7 +81,7 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
-        raise InputError(f"not a readable raster ({_first_line(exc)}); is it a complete GeoTIFF/VRT?", path) from None
+        raise InputError(f"not a readable raster ({first_line(exc)}); is it a complete GeoTIFF/VRT?", path) from None
 
 
 def read_info(path: str | Path) -> RasterInfo:
@@ -120,7 +120,7 @@ def verify_readable(path: str | Path) -> None:
             for _, window in ds.block_windows(1):
                 ds.read(1, window=window)
         except RasterioIOError as exc:
-            raise InputError(f"is corrupted or truncated ({_first_line(exc)}); re-export or re-copy it", path) from None
+            raise InputError(f"is corrupted or truncated ({first_line(exc)}); re-export or re-copy it", path) from None
 
 
 def read_window(ds: rasterio.DatasetReader, bands: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +191,7 @@ def umask() -> int:
     return mask
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message, or of GDAL's own error when rasterio only points to it."""
     if "see previous exception" in str(exc).lower() and exc.__cause__ is not None:
         exc = exc.__cause__

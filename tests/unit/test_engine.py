@@ -122,3 +122,30 @@ def test_blend_weights_are_positive_and_peak_in_the_middle() -> None:
     assert (weights > 0).all()
     assert weights[32, 32] > weights[0, 32] and weights[32, 32] > weights[32, 0]
     np.testing.assert_allclose(weights, weights.T)
+
+
+@pytest.mark.parametrize(("tile", "overlap"), [(32, 8), (48, 20), (64, 0)])
+@pytest.mark.parametrize("block", [17, 40, 64, 1000])
+def test_blocks_assemble_to_the_whole_image_result(tile: int, overlap: int, block: int) -> None:
+    """No seams at block borders: any block size gives the whole-image result, pixel for pixel."""
+    from rasterio.windows import Window
+
+    from geoseg.infer.engine import InferenceSpec, _slice_padded, predict_region
+    from geoseg.io.raster import block_windows
+
+    h, w = 113, 149
+    raw = _image(h, w, seed=3)
+    valid = np.ones((h, w), dtype=bool)
+    valid[:9, :30] = False
+    model = PerPixel()
+    spec = InferenceSpec(NORM, CLASS_IDS, tile, overlap, batch_size=3)
+
+    def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
+        return _slice_padded(raw, valid, window)
+
+    assembled = np.zeros((h, w), dtype=np.uint8)
+    for window in block_windows(w, h, block):
+        result = predict_region(model, read, window, (h, w), spec)
+        r, c = int(window.row_off), int(window.col_off)
+        assembled[r : r + int(window.height), c : c + int(window.width)] = result.classes
+    assert np.array_equal(assembled, _whole(model, raw, valid))
