@@ -162,6 +162,15 @@ def infer(
         float,
         typer.Option(min=0, help="Simplify polygons with this tolerance (CRS units); shared borders stay shared."),
     ] = 0.0,
+    match_stats: Annotated[
+        bool,
+        typer.Option(
+            "--match-stats",
+            help="Map each band onto the training data's mean "
+            "and spread before normalizing: a cheap remedy when the drift check "
+            "warns (another camera, season or light).",
+        ),
+    ] = False,
     no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip the GeoPackage.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     progress: ProgressOption = ProgressMode.bar,
@@ -185,10 +194,13 @@ def infer(
     reporter = Progress(progress)
     options = InferOptions(tile=tile, overlap=overlap, block_size=block_size, batch_size=batch_size,
                            workers=workers or default_workers(), scheduler=scheduler, device=device.value,
-                           precision=precision, aoi=aoi, confidence=confidence)  # fmt: skip
+                           precision=precision, aoi=aoi, confidence=confidence,
+                           match_stats=match_stats)  # fmt: skip
     result = segment_mosaic(mosaic, model, classes_path, options, overwrite=overwrite,
                             confidence_path=out_dir / f"{stem}_confidence.tif" if confidence else None,
                             progress=reporter)  # fmt: skip
+    if result.drift is not None:
+        reporter.message(("warning: " if result.drift.drifted else "") + result.drift.verdict())
     reporter.message(f"class map: {result.classes} ({result.spec.precision}, tile {result.spec.tile}, "
                      f"overlap {result.spec.overlap}, {result.blocks} blocks)")  # fmt: skip
     if result.confidence is not None:
@@ -291,27 +303,46 @@ def demo(
     run_demo(out_dir, size=size, max_steps=max_steps, overwrite=overwrite, emit=typer.echo)
 
 
+INTERRUPTED = 130  # the shell's code for a run stopped by SIGINT
+
+
 def main() -> None:
     """Entry point: user errors become one line and exit code 2; bugs keep their traceback (exit 1)."""
     try:
-        app(standalone_mode=False)
+        # Not standalone, typer turns Ctrl-C (KeyboardInterrupt) and `typer.Exit(n)` into a returned code n.
+        code = app(standalone_mode=False)
     except GeoSegError as exc:
         typer.echo(f"geoseg: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        typer.echo("geoseg: interrupted; outputs not completed were not written", err=True)
-        sys.exit(130)
+        code = INTERRUPTED
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
+        if not isinstance(exc, _click_exceptions()):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `geoseg` or `geoseg infer`: the help, as click does
             exc.show()
-            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
-        raise
+        else:  # a missing or invalid option is bad input too: one line
+            ctx = getattr(exc, "ctx", None)
+            hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+            typer.echo(f"geoseg: error: {' '.join(exc.format_message().split()).rstrip('.')}{hint}", err=True)
+        sys.exit(exc.exit_code)  # 2 for usage errors
+    if code == INTERRUPTED:
+        typer.echo("geoseg: interrupted; outputs not completed were not written", err=True)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_exceptions() -> tuple[type[Exception], ...]:
+    """Click's exception base: typer >= 0.2x raises its vendored copy (typer.TyperException), older ones click's."""
+    types: list[type[Exception]] = [t for t in (getattr(typer, "TyperException", None),) if t is not None]
+    try:
+        import click
+    except ImportError:
+        return tuple(types)
+    return (*types, click.ClickException)
 
 
 if __name__ == "__main__":

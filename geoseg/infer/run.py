@@ -6,6 +6,7 @@ Everything the user can get wrong is checked before any output is created; outpu
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from shapely.geometry.base import BaseGeometry
 
 from geoseg.config import IGNORE_INDEX
 from geoseg.device import cpu_has_bf16, resolve_device
+from geoseg.drift import DriftReport, drift_report, matched_normalization
 from geoseg.errors import BundleError, InputError, OutputError
 from geoseg.infer.engine import BlockResult, InferenceSpec
 from geoseg.infer.parallel import BlockJob, run_blocks
@@ -49,6 +51,7 @@ class InferOptions:
     precision: str = "auto"
     aoi: Path | None = None
     confidence: bool = False
+    match_stats: bool = False  # map each band onto the training mean/spread before normalizing
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class ClassMapResult:
     confidence: Path | None
     spec: InferenceSpec
     blocks: int
+    drift: DriftReport | None = None
 
 
 def resolve_precision(requested: str, device: str) -> str:
@@ -122,8 +126,19 @@ def segment_mosaic(
         if path is not None:
             ensure_writable(path, overwrite)
     check_output_folder(classes_path.parent)  # last: it creates the folder, so a refused run leaves none
+    try:
+        drift = drift_report(mosaic, meta.bands, meta.train_stats)
+    except RasterioIOError as exc:
+        raise InputError(f"could not be read ({first_line(exc)}); re-copy it", mosaic) from None
+    normalization = meta.normalization
+    if options.match_stats:
+        if drift is None:
+            raise BundleError(
+                "has no training statistics for these bands, so --match-stats cannot be used", bundle_path
+            )
+        normalization = matched_normalization(normalization, drift)
     spec = InferenceSpec(
-        normalization=meta.normalization,
+        normalization=normalization,
         class_ids=[c.id for c in meta.classes],
         tile=tile,
         overlap=overlap,
@@ -143,7 +158,13 @@ def segment_mosaic(
         )  # fmt: skip
     reporter = progress or Progress()
     done = 0
-    with open_class_map(classes_path, grid, meta.classes) as dst, _maybe_confidence(confidence_path, grid) as conf:
+    tags = {"GEOSEG_INPUT": json.dumps({"normalization": normalization.to_json(), "match_stats": options.match_stats,
+                                         "drift": drift.to_json() if drift else None, "tile": tile, "overlap": overlap,
+                                         "precision": spec.precision, "bundle": str(bundle_path)})}  # fmt: skip
+    with (
+        open_class_map(classes_path, grid, meta.classes, tags) as dst,
+        _maybe_confidence(confidence_path, grid) as conf,
+    ):
 
         def write(window: Window, result: BlockResult) -> None:
             nonlocal done
@@ -159,7 +180,7 @@ def segment_mosaic(
             run_blocks(jobs, options.scheduler, options.workers, write)
         except RasterioIOError as exc:
             raise InputError(f"could not be read to the end ({first_line(exc)}); re-copy it", mosaic) from None
-    return ClassMapResult(classes_path, confidence_path, spec, len(windows))
+    return ClassMapResult(classes_path, confidence_path, spec, len(windows), drift)
 
 
 def _window_box(window: Window, info: RasterInfo) -> BaseGeometry:

@@ -27,7 +27,9 @@ def class_map_profile(grid: GridSpec) -> dict:
 
 
 @contextlib.contextmanager
-def open_class_map(path: Path, grid: GridSpec, specs: Sequence[ClassSpec]) -> Iterator[rasterio.io.DatasetWriter]:
+def open_class_map(
+    path: Path, grid: GridSpec, specs: Sequence[ClassSpec], tags: dict[str, str] | None = None
+) -> Iterator[rasterio.io.DatasetWriter]:
     """A class map to fill block by block; it appears at ``path``, finished, only if the block completes.
 
     On completion the colour table, class names and internal overviews (mode) are added.
@@ -37,6 +39,8 @@ def open_class_map(path: Path, grid: GridSpec, specs: Sequence[ClassSpec]) -> It
         dst.write_colormap(1, {c.id: _rgba(c.color) for c in specs})
         dst.update_tags(**{CLASSES_TAG: json.dumps([{"id": c.id, "name": c.name, "color": c.color} for c in specs])})
         dst.update_tags(1, **{f"CLASS_{c.id}": c.name for c in specs})
+        if tags:
+            dst.update_tags(**tags)
         _overviews(dst, grid, Resampling.mode)
 
 
