@@ -323,11 +323,11 @@ def main() -> None:
     except Exception as exc:
         if not isinstance(exc, _click_exceptions()):
             raise
-        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `geoseg` or `geoseg infer`: the help, as click does
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `geoseg`: the help, as click does
             exc.show()
         else:  # a missing or invalid option is bad input too: one line
             ctx = getattr(exc, "ctx", None)
-            hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+            hint = f"; see `{ctx.command_path if ctx is not None else 'geoseg'} --help`"
             typer.echo(f"geoseg: error: {' '.join(exc.format_message().split()).rstrip('.')}{hint}", err=True)
         sys.exit(exc.exit_code)  # 2 for usage errors
     if code == INTERRUPTED:
