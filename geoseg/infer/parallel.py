@@ -27,8 +27,8 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from shapely.geometry.base import BaseGeometry
 
-from geoseg.config import IGNORE_INDEX
-from geoseg.infer.engine import BlockResult, InferenceSpec, predict_region
+from geoseg.infer.assemble import Contribution, block_contribution
+from geoseg.infer.engine import InferenceSpec
 from geoseg.io.raster import read_window
 from geoseg.model.bundle import Bundle, load_bundle
 
@@ -46,8 +46,7 @@ class BlockJob:
     bands: tuple[int, ...]
     window: Window
     raster_shape: tuple[int, int]
-    confidence: bool
-    aoi: BaseGeometry | None  # in the mosaic's CRS
+    aoi: BaseGeometry | None  # in the mosaic's CRS; outside it the class map is nodata
 
 
 @cache
@@ -77,7 +76,7 @@ def _close_readers() -> None:
         reader.close()
 
 
-def run_block(job: BlockJob) -> tuple[Window, BlockResult]:
+def run_block(job: BlockJob) -> Contribution:
     if job.device == "cpu":
         torch.set_num_threads(1)
     model = _cached_bundle(job.bundle, job.device).model
@@ -86,23 +85,21 @@ def run_block(job: BlockJob) -> tuple[Window, BlockResult]:
     def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
         return read_window(ds, job.bands, window)
 
-    result = predict_region(model, read, job.window, job.raster_shape, job.spec, job.confidence)
-    if job.aoi is not None:
-        inside = features.geometry_mask(
-            [job.aoi], out_shape=result.classes.shape, transform=window_transform(job.window, ds.transform),
-            invert=True,
-        )  # fmt: skip
-        result.classes[~inside] = IGNORE_INDEX
-        if result.confidence is not None:
-            result.confidence[~inside] = 0.0
-    return job.window, result
+    def inside_aoi(window: Window) -> np.ndarray:
+        shape = (int(window.height), int(window.width))
+        transform = window_transform(window, ds.transform)
+        return features.geometry_mask([job.aoi], out_shape=shape, transform=transform, invert=True)
+
+    return block_contribution(
+        model, read, job.window, job.raster_shape, job.spec, inside_aoi if job.aoi is not None else None
+    )
 
 
 def run_blocks(
     jobs: list[BlockJob],
     scheduler: str,
     workers: int,
-    on_done: Callable[[Window, BlockResult], None],
+    on_done: Callable[[Contribution], None],
 ) -> None:
     """Run ``jobs`` on ``scheduler`` (sync, threads, processes or a distributed address) in waves."""
     if scheduler in SCHEDULERS:
@@ -117,7 +114,7 @@ def _run_local(jobs: list[BlockJob], scheduler: str, workers: int, on_done) -> N
     try:
         if scheduler == "sync":
             for job in jobs:
-                on_done(*dask.compute(dask.delayed(run_block)(job), scheduler="synchronous")[0])
+                on_done(dask.compute(dask.delayed(run_block)(job), scheduler="synchronous")[0])
             return
         if scheduler == "threads":
             pool = ThreadPoolExecutor(workers)
@@ -126,8 +123,8 @@ def _run_local(jobs: list[BlockJob], scheduler: str, workers: int, on_done) -> N
         with pool:
             for wave in _waves(jobs, 2 * workers):
                 tasks = [dask.delayed(run_block)(job) for job in wave]
-                for window, result in dask.compute(*tasks, scheduler=scheduler, pool=pool):
-                    on_done(window, result)
+                for contribution in dask.compute(*tasks, scheduler=scheduler, pool=pool):
+                    on_done(contribution)
     finally:
         torch.set_num_threads(threads)
         _close_readers()
@@ -153,9 +150,9 @@ def _submit_bounded(client, jobs, workers, on_done, as_completed) -> None:
     for job in _take(pending, 2 * workers):
         in_flight.add(client.submit(run_block, job, pure=False))
     for future in in_flight:
-        window, result = future.result()
+        contribution = future.result()
         future.release()
-        on_done(window, result)
+        on_done(contribution)
         for job in _take(pending, 1):
             in_flight.add(client.submit(run_block, job, pure=False))
 

@@ -12,21 +12,19 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import shapely
 import torch
 from rasterio.errors import RasterioIOError
-from rasterio.windows import Window
 from shapely.geometry.base import BaseGeometry
 
-from geoseg.config import IGNORE_INDEX
 from geoseg.device import cpu_has_bf16, resolve_device
 from geoseg.drift import DriftReport, drift_report, matched_normalization
 from geoseg.errors import BundleError, InputError, OutputError
-from geoseg.infer.engine import BlockResult, InferenceSpec
+from geoseg.infer.assemble import Assembler, Contribution
+from geoseg.infer.engine import InferenceSpec
 from geoseg.infer.parallel import BlockJob, run_blocks
 from geoseg.infer.writer import confidence_percent, open_class_map, open_confidence_map
-from geoseg.io.raster import GridSpec, RasterInfo, block_windows, ensure_writable, first_line, read_info
+from geoseg.io.raster import GridSpec, RasterInfo, ensure_writable, first_line, read_info
 from geoseg.io.vector import read_vector
 from geoseg.model.bundle import Bundle, load_bundle
 from geoseg.progress import Progress
@@ -43,7 +41,7 @@ def default_workers() -> int:
 class InferOptions:
     tile: int | None = None
     overlap: int | None = None
-    block_size: int = 2048
+    block_size: int = 1024
     batch_size: int = 4
     workers: int = field(default_factory=default_workers)
     scheduler: str = "threads"  # sync | threads | processes | local (LocalCluster) | a scheduler address
@@ -145,17 +143,13 @@ def segment_mosaic(
         batch_size=options.batch_size,
         precision=precision,
     )
-    windows = list(block_windows(info.grid.width, info.grid.height, options.block_size))
     grid = info.grid
-    jobs, skipped = [], []
-    for window in windows:
-        if aoi is not None and not aoi.intersects(_window_box(window, info)):
-            skipped.append(window)
-            continue
-        jobs.append(
-            BlockJob(str(mosaic), str(Path(bundle_path).resolve()), device, spec, tuple(meta.bands), window,
-                     (grid.height, grid.width), confidence_path is not None, aoi)
-        )  # fmt: skip
+    assembler = Assembler((grid.height, grid.width), options.block_size, spec, confidence_path is not None)
+    jobs = [
+        BlockJob(str(mosaic), str(Path(bundle_path).resolve()), device, spec, tuple(meta.bands), window,
+                 (grid.height, grid.width), aoi)
+        for window in assembler.blocks
+    ]  # fmt: skip
     reporter = progress or Progress()
     done = 0
     tags = {"GEOSEG_INPUT": json.dumps({"normalization": normalization.to_json(), "match_stats": options.match_stats,
@@ -166,33 +160,22 @@ def segment_mosaic(
         _maybe_confidence(confidence_path, grid) as conf,
     ):
 
-        def write(window: Window, result: BlockResult) -> None:
+        def write(contribution: Contribution) -> None:
             nonlocal done
-            dst.write(result.classes, 1, window=window)
-            if conf is not None and result.confidence is not None:
-                conf.write(confidence_percent(result.confidence, result.classes), 1, window=window)
-            done += 1
-            reporter.update("segment", done, len(windows))
+            for window, result in assembler.add(contribution):
+                dst.write(result.classes, 1, window=window)
+                if conf is not None and result.confidence is not None:
+                    conf.write(confidence_percent(result.confidence, result.classes), 1, window=window)
+                done += 1
+                reporter.update("segment", done, len(jobs))
 
-        for window in skipped:
-            write(window, _empty(window))
         try:
             run_blocks(jobs, options.scheduler, options.workers, write)
         except RasterioIOError as exc:
             raise InputError(f"could not be read to the end ({first_line(exc)}); re-copy it", mosaic) from None
-    return ClassMapResult(classes_path, confidence_path, spec, len(windows), drift)
-
-
-def _window_box(window: Window, info: RasterInfo) -> BaseGeometry:
-    t = info.grid.transform
-    x0, y0 = t @ (window.col_off, window.row_off)
-    x1, y1 = t @ (window.col_off + window.width, window.row_off + window.height)
-    return shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-
-
-def _empty(window: Window) -> BlockResult:
-    shape = (int(window.height), int(window.width))
-    return BlockResult(np.full(shape, IGNORE_INDEX, dtype=np.uint8), np.zeros(shape, dtype=np.float32))
+        if not assembler.complete:
+            raise RuntimeError("internal: some blocks never received all their windows")
+    return ClassMapResult(classes_path, confidence_path, spec, len(jobs), drift)
 
 
 def _maybe_confidence(path: Path | None, grid: GridSpec) -> contextlib.AbstractContextManager:

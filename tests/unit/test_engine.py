@@ -130,8 +130,8 @@ def test_blocks_assemble_to_the_whole_image_result(tile: int, overlap: int, bloc
     """No seams at block borders: any block size gives the whole-image result, pixel for pixel."""
     from rasterio.windows import Window
 
-    from geoseg.infer.engine import InferenceSpec, _slice_padded, predict_region
-    from geoseg.io.raster import block_windows
+    from geoseg.infer.assemble import Assembler, block_contribution
+    from geoseg.infer.engine import InferenceSpec, slice_padded
 
     h, w = 113, 149
     raw = _image(h, w, seed=3)
@@ -141,11 +141,20 @@ def test_blocks_assemble_to_the_whole_image_result(tile: int, overlap: int, bloc
     spec = InferenceSpec(NORM, CLASS_IDS, tile, overlap, batch_size=3)
 
     def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
-        return _slice_padded(raw, valid, window)
+        return slice_padded(raw, valid, window)
 
+    assembler = Assembler((h, w), block, spec, confidence=False)
     assembled = np.zeros((h, w), dtype=np.uint8)
-    for window in block_windows(w, h, block):
-        result = predict_region(model, read, window, (h, w), spec)
-        r, c = int(window.row_off), int(window.col_off)
-        assembled[r : r + int(window.height), c : c + int(window.width)] = result.classes
+    finished = 0
+    # Deliver the blocks in reverse order: the result must not depend on arrival order either.
+    for core in reversed(assembler.blocks):
+        for window, result in assembler.add(block_contribution(model, read, core, (h, w), spec)):
+            r, c = int(window.row_off), int(window.col_off)
+            assembled[r : r + int(window.height), c : c + int(window.width)] = result.classes
+            finished += 1
+    assert finished == len(assembler.blocks) and assembler.complete
     assert np.array_equal(assembled, _whole(model, raw, valid))
+    windows_run = model.windows
+    expected = sum(valid[r : r + tile, c : c + tile].any() for r, c in window_grid(h, w, tile, overlap))
+    # Each window runs once; each block's last batch is padded with up to 2 empty windows.
+    assert expected <= windows_run <= expected + 2 * len(assembler.blocks)
