@@ -121,7 +121,15 @@ def infer(
             "waits for its neighbours).",
         ),
     ] = 1024,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per forward pass.")] = 4,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Windows per forward pass. Batches keep one shape (each block's last is "
+            "padded), so results never depend on it. Default: 1 on the CPU (no padding wasted), 8 on a GPU.",
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(

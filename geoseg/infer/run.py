@@ -42,7 +42,7 @@ class InferOptions:
     tile: int | None = None
     overlap: int | None = None
     block_size: int = 1024
-    batch_size: int = 4
+    batch_size: int | None = None  # None: 1 on the CPU (no padded slots), 8 on a GPU
     workers: int = field(default_factory=default_workers)
     scheduler: str = "threads"  # sync | threads | processes | local (LocalCluster) | a scheduler address
     device: str = "auto"
@@ -140,7 +140,7 @@ def segment_mosaic(
         class_ids=[c.id for c in meta.classes],
         tile=tile,
         overlap=overlap,
-        batch_size=options.batch_size,
+        batch_size=options.batch_size or (8 if device == "cuda" else 1),
         precision=precision,
     )
     grid = info.grid
