@@ -119,7 +119,9 @@ class Assembler:
                 for key in self._overlapped(area):
                     if key != self._key(block):
                         self._waiting[key] += 1
-        self._sums: dict[tuple[int, int], np.ndarray] = {}
+        # Pieces received per block, kept as copies of just the area they cover: a spill from the block
+        # above is only a tile's rows deep, and it waits a whole row of blocks before it is used.
+        self._pieces: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
         self._valid: dict[tuple[int, int], np.ndarray] = {}
 
     def add(self, contribution: Contribution) -> list[tuple[Window, BlockResult]]:
@@ -134,12 +136,10 @@ class Assembler:
                 r0, c0 = max(int(block.row_off), contribution.row), max(int(block.col_off), contribution.col)
                 r1 = min(int(block.row_off + block.height), contribution.row + h)
                 c1 = min(int(block.col_off + block.width), contribution.col + w)
-                target = self._sums.setdefault(key, self._zeros(block))
                 br, bc = int(block.row_off), int(block.col_off)
                 cr, cc = contribution.row, contribution.col
-                target[:, r0 - br : r1 - br, c0 - bc : c1 - bc] += contribution.sums[
-                    :, r0 - cr : r1 - cr, c0 - cc : c1 - cc
-                ]
+                piece = contribution.sums[:, r0 - cr : r1 - cr, c0 - cc : c1 - cc].copy()
+                self._pieces.setdefault(key, []).append((r0 - br, c0 - bc, piece))
                 touched.add(key)
         done = []
         for key in touched:
@@ -154,9 +154,9 @@ class Assembler:
 
     def _finish(self, key: tuple[int, int]) -> BlockResult:
         block = self._index[key]
-        sums = self._sums.pop(key, None)
-        if sums is None:
-            sums = self._zeros(block)
+        sums = self._zeros(block)
+        for row, col, piece in self._pieces.pop(key, []):
+            sums[:, row : row + piece.shape[1], col : col + piece.shape[2]] += piece
         valid = self._valid.pop(key)
         n = len(self.spec.class_ids)
         best = sums[:n].argmax(axis=0)
