@@ -1,7 +1,7 @@
 """Blocks of a mosaic as Dask tasks. Knows nothing of tensors: each task calls the one-block engine.
 
-Each worker process loads the model once (a per-process cache keyed by bundle, device and
-precision) and keeps its own file handles; the caller is the only writer. Blocks are submitted in
+Each worker process loads the model once (a per-process cache keyed by bundle and device) and
+keeps its own file handles; the caller is the only writer. Blocks are submitted in
 waves of a few per worker, so memory is bounded by block size, not by mosaic size.
 
 On the CPU every forward pass runs with one intra-op thread: PyTorch's convolutions sum in a
@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import dask
 import numpy as np
@@ -170,7 +169,3 @@ def _take(items: Iterator[BlockJob], n: int) -> list[BlockJob]:
 def _waves(jobs: list[BlockJob], size: int) -> Iterator[list[BlockJob]]:
     for start in range(0, len(jobs), size):
         yield jobs[start : start + size]
-
-
-def bundle_key(path: Path) -> str:
-    return str(Path(path).resolve())

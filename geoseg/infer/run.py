@@ -26,7 +26,7 @@ from geoseg.infer.parallel import BlockJob, run_blocks
 from geoseg.infer.writer import confidence_percent, open_class_map, open_confidence_map
 from geoseg.io.raster import GridSpec, RasterInfo, ensure_writable, first_line, read_info
 from geoseg.io.vector import read_vector
-from geoseg.model.bundle import Bundle, load_bundle
+from geoseg.model.bundle import check_bundle_fits, load_bundle
 from geoseg.progress import Progress
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -70,15 +70,6 @@ def resolve_precision(requested: str, device: str) -> str:
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_bf16() else "fp32"
-
-
-def check_bundle_fits(bundle: Bundle, info: RasterInfo) -> None:
-    if max(bundle.meta.bands) > info.count:
-        raise BundleError(
-            f"reads bands {bundle.meta.bands} but {info.path.name} has {info.count} band(s); "
-            "use a model trained on this kind of imagery",
-            bundle.path,
-        )
 
 
 def aoi_in_crs(path: Path, info: RasterInfo) -> BaseGeometry:

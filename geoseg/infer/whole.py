@@ -9,18 +9,16 @@ from pathlib import Path
 
 from rasterio.windows import Window
 
-from geoseg.errors import BundleError
 from geoseg.infer.engine import predict_block
 from geoseg.infer.writer import write_class_map
 from geoseg.io.raster import open_raster, read_info, read_window
-from geoseg.model.bundle import Bundle
+from geoseg.model.bundle import Bundle, check_bundle_fits
 
 
 def segment_file(bundle: Bundle, mosaic: Path, out: Path, overwrite: bool = False) -> Path:
     info = read_info(mosaic)
+    check_bundle_fits(bundle, info)
     meta = bundle.meta
-    if max(meta.bands) > info.count:
-        raise BundleError(f"the model reads bands {meta.bands} but {mosaic.name} has {info.count}", bundle.path)
     with open_raster(mosaic) as ds:
         raw, valid = read_window(ds, meta.bands, Window(0, 0, info.grid.width, info.grid.height))
     classes = predict_block(

@@ -21,7 +21,7 @@ from geoseg import __version__
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.data.preprocess import Normalization
 from geoseg.errors import BundleError, OutputExistsError
-from geoseg.io.raster import umask
+from geoseg.io.raster import RasterInfo, umask
 
 FORMAT_VERSION = 1
 META_FILE = "geoseg.json"
@@ -190,3 +190,13 @@ def _output_channels(model: torch.nn.Module) -> int | None:
     head = getattr(model, "segmentation_head", None)
     conv = head[0] if head is not None and len(head) else None
     return getattr(conv, "out_channels", None)
+
+
+def check_bundle_fits(bundle: Bundle, info: RasterInfo) -> None:
+    """Refuse a bundle that reads bands the raster does not have."""
+    if max(bundle.meta.bands) > info.count:
+        raise BundleError(
+            f"reads bands {bundle.meta.bands} but {info.path.name} has {info.count} band(s); "
+            "use a model trained on this kind of imagery",
+            bundle.path,
+        )
