@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--block-size", type=int, default=4096)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--skip-forward", action="store_true", help="no forward-only run (for memory comparisons)")
     args = parser.parse_args()
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -86,13 +87,14 @@ def main() -> None:
         sys.executable, str(SHARED_BENCH / "torchgeo_baseline.py"), str(mosaic), str(baseline_out), "--encoder",
         args.encoder, "--weights", str(bundle), "--batch", "4", "--threads", "2",
     ])  # fmt: skip
-    results["forward only"] = timed([
-        sys.executable, str(SHARED_BENCH / "torchgeo_baseline.py"), str(mosaic), "--forward-only", "--tiles",
-        str(n_windows), "--encoder", args.encoder, "--batch", "4", "--threads", "2",
-    ])  # fmt: skip
+    if not args.skip_forward:
+        results["forward only"] = timed([
+            sys.executable, str(SHARED_BENCH / "torchgeo_baseline.py"), str(mosaic), "--forward-only", "--tiles",
+            str(n_windows), "--encoder", args.encoder, "--batch", "4", "--threads", "2",
+        ])  # fmt: skip
     with rasterio.open(geoseg_dir / f"{mosaic.stem}_classes.tif") as a, rasterio.open(baseline_out) as b:
         agreement = float((a.read(1) == b.read(1)).mean())
-    forward_line = re.search(r"forward tiles=\d+ seconds=([\d.]+)", results["forward only"][2])
+    forward_line = re.search(r"forward tiles=\d+ seconds=([\d.]+)", results.get("forward only", (0, 0, ""))[2])
     forward_s = float(forward_line.group(1)) if forward_line else float("nan")
     print(f"\n{args.size}² mosaic, {args.encoder}, {n_windows} grid windows, {dt.date.today()}, "
           f"{platform.processor() or platform.machine()}")  # fmt: skip

@@ -116,9 +116,9 @@ def infer(
         typer.Option(
             "--block-size",
             min=64,
-            help="Side of the blocks processed in parallel. Each window runs once whatever the block size, and "
-            "the result never changes with it; memory grows with it (about 100 bytes a pixel of block while it "
-            "waits for its neighbours).",
+            help="Side of the blocks processed in parallel, rounded up to a whole number of window strides "
+            "(tile - overlap). Each window runs once whatever the block size, and the result never changes with "
+            "it; memory grows with it (about 100 bytes a pixel of block while it waits for its neighbours).",
         ),
     ] = 1024,
     batch_size: Annotated[

@@ -38,6 +38,17 @@ class Contribution:
     sums: np.ndarray  # int64 (classes + 1, h, w): weighted probabilities, then the weights themselves
 
 
+def aligned_block_size(block_size: int, tile: int, overlap: int) -> int:
+    """``block_size`` rounded up to a whole number of window strides.
+
+    Window origins then fall on block edges, so the windows a block owns reach only ``overlap`` pixels
+    into the next blocks. Those spills wait in memory for a row of blocks; aligned, they cost
+    width × overlap instead of up to width × tile, which keeps memory flat as mosaics grow.
+    """
+    stride = max(1, tile - overlap)
+    return max(1, -(-block_size // stride)) * stride
+
+
 def owned_origins(core: Window, raster_shape: tuple[int, int], tile: int, overlap: int) -> list[tuple[int, int]]:
     r0, c0 = int(core.row_off), int(core.col_off)
     r1, c1 = r0 + int(core.height), c0 + int(core.width)
@@ -107,10 +118,10 @@ class Assembler:
 
     def __init__(self, raster_shape: tuple[int, int], block_size: int, spec: InferenceSpec, confidence: bool) -> None:
         self.shape = raster_shape
-        self.block_size = block_size
+        self.block_size = aligned_block_size(block_size, spec.tile, spec.overlap)
         self.spec = spec
         self.confidence = confidence
-        self.blocks = list(block_windows(raster_shape[1], raster_shape[0], block_size))
+        self.blocks = list(block_windows(raster_shape[1], raster_shape[0], self.block_size))
         self._index = {self._key(b): b for b in self.blocks}
         self._waiting = {key: 1 for key in self._index}  # the block's own report (its validity)
         for block in self.blocks:

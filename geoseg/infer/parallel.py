@@ -28,7 +28,7 @@ from shapely.geometry.base import BaseGeometry
 
 from geoseg.infer.assemble import Contribution, block_contribution
 from geoseg.infer.engine import InferenceSpec
-from geoseg.io.raster import read_window
+from geoseg.io.raster import cap_gdal_cache, read_window
 from geoseg.model.bundle import Bundle, load_bundle
 
 SCHEDULERS = ("sync", "threads", "processes")
@@ -76,6 +76,7 @@ def _close_readers() -> None:
 
 
 def run_block(job: BlockJob) -> Contribution:
+    cap_gdal_cache()
     if job.device == "cpu":
         torch.set_num_threads(1)
     model = _cached_bundle(job.bundle, job.device).model

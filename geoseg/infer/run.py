@@ -17,6 +17,7 @@ import torch
 from rasterio.errors import RasterioIOError
 from shapely.geometry.base import BaseGeometry
 
+from geoseg.config import ClassSpec
 from geoseg.device import cpu_has_bf16, resolve_device
 from geoseg.drift import DriftReport, drift_report, matched_normalization
 from geoseg.errors import BundleError, InputError, OutputError
@@ -24,7 +25,7 @@ from geoseg.infer.assemble import Assembler, Contribution
 from geoseg.infer.engine import InferenceSpec
 from geoseg.infer.parallel import BlockJob, run_blocks
 from geoseg.infer.writer import confidence_percent, open_class_map, open_confidence_map
-from geoseg.io.raster import GridSpec, RasterInfo, ensure_writable, first_line, read_info
+from geoseg.io.raster import RasterInfo, cap_gdal_cache, ensure_writable, first_line, read_info
 from geoseg.io.vector import read_vector
 from geoseg.model.bundle import check_bundle_fits, load_bundle
 from geoseg.progress import Progress
@@ -91,17 +92,30 @@ def check_output_folder(folder: Path) -> None:
         raise OutputError(f"cannot write here ({exc.strerror}); choose another --out-dir", folder) from None
 
 
-def segment_mosaic(
+@dataclass
+class MosaicPlan:
+    """A checked mosaic, ready to run: its block jobs, the assembler that completes blocks, output tags."""
+
+    mosaic: Path
+    info: RasterInfo
+    spec: InferenceSpec
+    classes: list[ClassSpec]
+    jobs: list[BlockJob]
+    assembler: Assembler
+    tags: dict[str, str]
+    drift: DriftReport | None
+
+
+def plan_mosaic(
     mosaic: Path,
     bundle_path: Path,
-    classes_path: Path,
     options: InferOptions,
-    overwrite: bool = False,
-    confidence_path: Path | None = None,
-    progress: Progress | None = None,
-) -> ClassMapResult:
+    device: str,
+    confidence: bool,
+) -> MosaicPlan:
+    """Check the mosaic against the bundle and cut it into block jobs; creates no output."""
+    cap_gdal_cache()
     info = read_info(mosaic)
-    device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
     bundle = load_bundle(bundle_path, device="cpu")
     check_bundle_fits(bundle, info)
@@ -111,10 +125,6 @@ def segment_mosaic(
     if not 0 <= overlap < tile:
         raise InputError(f"--overlap must be at least 0 and less than the tile ({tile}), got {overlap}")
     aoi = aoi_in_crs(options.aoi, info) if options.aoi is not None else None
-    for path in (classes_path, confidence_path):
-        if path is not None:
-            ensure_writable(path, overwrite)
-    check_output_folder(classes_path.parent)  # last: it creates the folder, so a refused run leaves none
     try:
         drift = drift_report(mosaic, meta.bands, meta.train_stats)
     except RasterioIOError as exc:
@@ -135,39 +145,88 @@ def segment_mosaic(
         precision=precision,
     )
     grid = info.grid
-    assembler = Assembler((grid.height, grid.width), options.block_size, spec, confidence_path is not None)
+    assembler = Assembler((grid.height, grid.width), options.block_size, spec, confidence)
     jobs = [
         BlockJob(str(mosaic), str(Path(bundle_path).resolve()), device, spec, tuple(meta.bands), window,
                  (grid.height, grid.width), aoi)
         for window in assembler.blocks
     ]  # fmt: skip
-    reporter = progress or Progress()
-    done = 0
     tags = {"GEOSEG_INPUT": json.dumps({"normalization": normalization.to_json(), "match_stats": options.match_stats,
                                          "drift": drift.to_json() if drift else None, "tile": tile, "overlap": overlap,
                                          "precision": spec.precision, "bundle": str(bundle_path)})}  # fmt: skip
-    with (
-        open_class_map(classes_path, grid, meta.classes, tags) as dst,
-        _maybe_confidence(confidence_path, grid) as conf,
-    ):
+    return MosaicPlan(Path(mosaic), info, spec, list(meta.classes), jobs, assembler, tags, drift)
+
+
+class MosaicWriter:
+    """The one writer of a mosaic's class map (and confidence map): completed blocks go straight to disk.
+
+    Use as a context manager: the files appear, finished, only when it exits without an exception.
+    """
+
+    def __init__(self, plan: MosaicPlan, classes_path: Path, confidence_path: Path | None) -> None:
+        self.plan = plan
+        self.classes_path = classes_path
+        self.confidence_path = confidence_path
+        self.blocks_written = 0
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> MosaicWriter:
+        grid = self.plan.info.grid
+        with self._stack as stack:
+            self._classes = stack.enter_context(open_class_map(self.classes_path, grid, self.plan.classes,
+                                                               self.plan.tags))  # fmt: skip
+            self._confidence = (
+                stack.enter_context(open_confidence_map(self.confidence_path, grid))
+                if self.confidence_path is not None
+                else None
+            )
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc_info) -> bool | None:
+        return self._stack.__exit__(*exc_info)
+
+    def add(self, contribution: Contribution) -> int:
+        """Adds a block's contribution; writes the blocks it completes and returns how many."""
+        finished = self.plan.assembler.add(contribution)
+        for window, result in finished:
+            self._classes.write(result.classes, 1, window=window)
+            if self._confidence is not None and result.confidence is not None:
+                self._confidence.write(confidence_percent(result.confidence, result.classes), 1, window=window)
+        self.blocks_written += len(finished)
+        return len(finished)
+
+    @property
+    def complete(self) -> bool:
+        return self.plan.assembler.complete
+
+
+def segment_mosaic(
+    mosaic: Path,
+    bundle_path: Path,
+    classes_path: Path,
+    options: InferOptions,
+    overwrite: bool = False,
+    confidence_path: Path | None = None,
+    progress: Progress | None = None,
+) -> ClassMapResult:
+    device = resolve_device(options.device)
+    for path in (classes_path, confidence_path):
+        if path is not None:
+            ensure_writable(path, overwrite)
+    plan = plan_mosaic(mosaic, bundle_path, options, device, confidence_path is not None)
+    check_output_folder(classes_path.parent)  # last: it creates the folder, so a refused run leaves none
+    reporter = progress or Progress()
+    with MosaicWriter(plan, classes_path, confidence_path) as writer:
 
         def write(contribution: Contribution) -> None:
-            nonlocal done
-            for window, result in assembler.add(contribution):
-                dst.write(result.classes, 1, window=window)
-                if conf is not None and result.confidence is not None:
-                    conf.write(confidence_percent(result.confidence, result.classes), 1, window=window)
-                done += 1
-                reporter.update("segment", done, len(jobs))
+            if writer.add(contribution):
+                reporter.update("segment", writer.blocks_written, len(plan.jobs))
 
         try:
-            run_blocks(jobs, options.scheduler, options.workers, write)
+            run_blocks(plan.jobs, options.scheduler, options.workers, write)
         except RasterioIOError as exc:
             raise InputError(f"could not be read to the end ({first_line(exc)}); re-copy it", mosaic) from None
-        if not assembler.complete:
+        if not writer.complete:
             raise RuntimeError("internal: some blocks never received all their windows")
-    return ClassMapResult(classes_path, confidence_path, spec, len(jobs), drift)
-
-
-def _maybe_confidence(path: Path | None, grid: GridSpec) -> contextlib.AbstractContextManager:
-    return open_confidence_map(path, grid) if path is not None else contextlib.nullcontext()
+    return ClassMapResult(classes_path, confidence_path, plan.spec, len(plan.jobs), plan.drift)

@@ -15,6 +15,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
@@ -149,6 +150,21 @@ def read_window(ds: rasterio.DatasetReader, bands: Sequence[int], window: Window
         inside &= ds.read(alpha, window=inner) > 0
     valid[rows, cols] = inside
     return data, valid
+
+
+GDAL_CACHE_BYTES = 256 * 2**20
+
+
+def cap_gdal_cache() -> None:
+    """Keep GDAL's block cache at 256 MiB in this process unless the user set GDAL_CACHEMAX.
+
+    GDAL's default is 5 % of the machine's memory, and a scan over a whole mosaic fills it: read blocks
+    stay cached, so memory would grow with mosaic size up to that limit.
+    """
+    if "GDAL_CACHEMAX" in os.environ:
+        return
+    if (get_gdal_config("GDAL_CACHEMAX") or 0) > GDAL_CACHE_BYTES:
+        set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_BYTES)
 
 
 def block_windows(width: int, height: int, block: int) -> Iterator[Window]:
