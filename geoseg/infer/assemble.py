@@ -5,15 +5,17 @@ area they cover, which reaches past the block's right and bottom edges into its 
 :class:`Assembler` adds every contribution into the blocks it overlaps and finishes a block (argmax)
 once all blocks that reach into it have reported.
 
-Why the result is exact whatever the block size, worker count or arrival order: contributions are
-integers, and integer sums do not depend on the order of addition. Each is probability × blend weight
-(two float32 numbers) computed exactly in float64 and scaled by 2**40. That is lossless for every
-product above 2**-40, so the sums are the exact sums of the products, and argmax over them is
-argmax over the true blended values. Ties go to the first class.
+Why the result does not depend on block size, worker count or arrival order: contributions are
+integers, and integer sums do not depend on the order of addition. Each is probability × blend weight,
+a float32 product (the same bits wherever it is computed), in fixed point with 24 fractional bits: the
+resolution of a float32 near 1. Integers are int32 where the windows covering a pixel cannot overflow
+them (any overlap up to about 5/6 of the tile), else int64. Ties go to the first class.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,9 +26,14 @@ from rasterio.windows import Window
 from geoseg.config import IGNORE_INDEX
 from geoseg.infer.engine import BlockResult, InferenceSpec, Reader, forward_windows
 from geoseg.infer.windows import blend_weights, window_grid
-from geoseg.io.raster import block_windows
 
-FIXED_POINT = 2.0**40  # a pixel covered by up to 2**22 windows still fits in int64
+FIXED_POINT = np.float32(2.0**24)
+
+
+def accumulator_dtype(tile: int, overlap: int) -> np.dtype:
+    """int32 when the windows covering one pixel, each adding at most 2**24, cannot exceed 2**31."""
+    per_axis = -(-tile // max(1, tile - overlap)) + 1  # +1: the last window shifted back inside the raster
+    return np.dtype(np.int32) if per_axis**2 * 2**24 < 2**31 else np.dtype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,7 @@ class Contribution:
     valid: np.ndarray  # bool (core h, core w): the mosaic's validity over the block
     row: int  # where ``sums`` starts in the raster
     col: int
-    sums: np.ndarray  # int64 (classes + 1, h, w): weighted probabilities, then the weights themselves
+    sums: np.ndarray  # int (classes, h, w): the windows' weighted probabilities, fixed point
 
 
 def aligned_block_size(block_size: int, tile: int, overlap: int) -> int:
@@ -88,7 +95,7 @@ def block_contribution(
         _, valid = read(core)
         if region is not None:
             valid &= region(core)
-        return Contribution(core, valid, int(core.row_off), int(core.col_off), np.zeros((n + 1, 0, 0), np.int64))
+        return Contribution(core, valid, int(core.row_off), int(core.col_off), np.zeros((n, 0, 0), np.int32))
     top, left = int(core.row_off), int(core.col_off)
     bottom = max(max(r for r, _ in origins) + tile, top + int(core.height))
     right = max(max(c for _, c in origins) + tile, left + int(core.width))
@@ -99,16 +106,16 @@ def block_contribution(
     wanted = valid & region(span) if region is not None else valid
     runnable = [(r, c) for r, c in origins if wanted[r - top : r - top + tile, c - left : c - left + tile].any()]
     a_row, a_col = int(area.row_off), int(area.col_off)
-    sums = np.zeros((n + 1, int(area.height), int(area.width)), dtype=np.int64)
-    blend = blend_weights(tile).astype(np.float64)
-    weights = np.rint(blend * FIXED_POINT).astype(np.int64)
+    dtype = accumulator_dtype(tile, spec.overlap)
+    sums = np.zeros((n, int(area.height), int(area.width)), dtype=dtype)
+    blend = blend_weights(tile)
     for chunk, probs in forward_windows(model, image, top, left, runnable, spec):
         for (r, c), p in zip(chunk, probs, strict=True):
             h = min(tile, a_row + sums.shape[1] - r)
             w = min(tile, a_col + sums.shape[2] - c)
-            target = sums[:, r - a_row : r - a_row + h, c - a_col : c - a_col + w]
-            target[:n] += np.rint(p[:, :h, :w].astype(np.float64) * blend[:h, :w] * FIXED_POINT).astype(np.int64)
-            target[n] += weights[:h, :w]
+            weighted = p[:, :h, :w].astype(np.float32, copy=False) * blend[:h, :w]
+            weighted *= FIXED_POINT
+            sums[:, r - a_row : r - a_row + h, c - a_col : c - a_col + w] += np.rint(weighted).astype(dtype)
     core_valid = wanted[: int(core.height), : int(core.width)]
     return Contribution(core, core_valid, a_row, a_col, sums)
 
@@ -121,7 +128,13 @@ class Assembler:
         self.block_size = aligned_block_size(block_size, spec.tile, spec.overlap)
         self.spec = spec
         self.confidence = confidence
-        self.blocks = list(block_windows(raster_shape[1], raster_shape[0], self.block_size))
+        self._row_edges = block_edges(raster_shape[0], self.block_size, spec.tile)
+        self._col_edges = block_edges(raster_shape[1], self.block_size, spec.tile)
+        self.blocks = [
+            Window(c0, r0, c1 - c0, r1 - r0)
+            for r0, r1 in itertools.pairwise(self._row_edges)
+            for c0, c1 in itertools.pairwise(self._col_edges)
+        ]
         self._index = {self._key(b): b for b in self.blocks}
         self._waiting = {key: 1 for key in self._index}  # the block's own report (its validity)
         for block in self.blocks:
@@ -169,25 +182,41 @@ class Assembler:
         for row, col, piece in self._pieces.pop(key, []):
             sums[:, row : row + piece.shape[1], col : col + piece.shape[2]] += piece
         valid = self._valid.pop(key)
-        n = len(self.spec.class_ids)
-        best = sums[:n].argmax(axis=0)
+        best = sums.argmax(axis=0)
         classes = np.asarray(self.spec.class_ids, dtype=np.uint8)[best]
         classes[~valid] = IGNORE_INDEX
         confidence = None
-        if self.confidence:
-            chosen = np.take_along_axis(sums[:n], best[None], axis=0)[0].astype(np.float64)
-            confidence = (chosen / np.maximum(sums[n], 1)).astype(np.float32)
+        if self.confidence:  # softmax sums to 1, so the class sums add up to the blend weights' sum
+            chosen = np.take_along_axis(sums, best[None], axis=0)[0].astype(np.float64)
+            confidence = (chosen / np.maximum(sums.sum(axis=0, dtype=np.int64), 1)).astype(np.float32)
             confidence[~valid] = 0.0
         return BlockResult(classes, confidence)
 
     def _zeros(self, block: Window) -> np.ndarray:
-        return np.zeros((len(self.spec.class_ids) + 1, int(block.height), int(block.width)), dtype=np.int64)
+        dtype = accumulator_dtype(self.spec.tile, self.spec.overlap)
+        return np.zeros((len(self.spec.class_ids), int(block.height), int(block.width)), dtype=dtype)
 
     def _key(self, window: Window) -> tuple[int, int]:
-        return (int(window.row_off) // self.block_size, int(window.col_off) // self.block_size)
+        return (_position(self._row_edges, int(window.row_off)), _position(self._col_edges, int(window.col_off)))
 
     def _overlapped(self, area: Window) -> list[tuple[int, int]]:
-        b = self.block_size
-        rows = range(int(area.row_off) // b, (int(area.row_off + area.height) - 1) // b + 1)
-        cols = range(int(area.col_off) // b, (int(area.col_off + area.width) - 1) // b + 1)
-        return [(i, j) for i in rows for j in cols if (i, j) in self._index]
+        r0, c0 = int(area.row_off), int(area.col_off)
+        rows = range(_position(self._row_edges, r0), _position(self._row_edges, r0 + int(area.height) - 1) + 1)
+        cols = range(_position(self._col_edges, c0), _position(self._col_edges, c0 + int(area.width) - 1) + 1)
+        return [(i, j) for i in rows for j in cols]
+
+
+def block_edges(length: int, block_size: int, tile: int) -> list[int]:
+    """Block borders along one axis: every ``block_size`` px, except that the block holding the last
+    window (shifted back to end at the raster's edge, so off the stride) runs to the edge. Otherwise
+    that window would spill up to a tile into a last thin row of blocks, which waits for the whole
+    row above it."""
+    edges = list(range(0, length, block_size))
+    while len(edges) > 1 and edges[-1] > length - tile:
+        edges.pop()
+    return [*edges, length]
+
+
+def _position(edges: list[int], pixel: int) -> int:
+    """Index of the block (between consecutive ``edges``) that holds ``pixel``."""
+    return bisect.bisect_right(edges, pixel, hi=len(edges) - 1) - 1

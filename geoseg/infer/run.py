@@ -27,6 +27,7 @@ from geoseg.infer.parallel import BlockJob, run_blocks
 from geoseg.infer.writer import confidence_percent, open_class_map, open_confidence_map
 from geoseg.io.raster import RasterInfo, cap_gdal_cache, ensure_writable, first_line, read_info
 from geoseg.io.vector import read_vector
+from geoseg.memory import release_free_memory
 from geoseg.model.bundle import check_bundle_fits, load_bundle
 from geoseg.progress import Progress
 
@@ -194,7 +195,10 @@ class MosaicWriter:
             if self._confidence is not None and result.confidence is not None:
                 self._confidence.write(confidence_percent(result.confidence, result.classes), 1, window=window)
         self.blocks_written += len(finished)
-        return len(finished)
+        count = len(finished)
+        del contribution, finished
+        release_free_memory()
+        return count
 
     @property
     def complete(self) -> bool:
