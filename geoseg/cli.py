@@ -191,44 +191,148 @@ def infer(
     overlapping windows of the raster-wide grid and blends them, so there are no seams and the result
     does not depend on block size, worker count or scheduler. Nodata (value, alpha or mask) stays nodata.
     """
+    from geoseg.infer.outputs import OutputPaths, finish_outputs
     from geoseg.infer.run import InferOptions, default_workers, segment_mosaic
     from geoseg.io.raster import ensure_writable
-    from geoseg.vectorize import class_areas, vectorize_class_map
 
-    stem = mosaic.stem
-    classes_path = out_dir / f"{stem}_classes.tif"
-    polygons_path = out_dir / f"{stem}_polygons.gpkg"
-    areas_path = out_dir / f"{stem}_areas.json"
-    for path in ([] if no_polygons else [polygons_path]) + [areas_path]:
-        ensure_writable(path, overwrite)
+    paths = OutputPaths.for_stem(out_dir, mosaic.stem, polygons=not no_polygons, confidence=confidence)
+    for path in (paths.polygons, paths.areas):
+        if path is not None:
+            ensure_writable(path, overwrite)
     reporter = Progress(progress)
     options = InferOptions(tile=tile, overlap=overlap, block_size=block_size, batch_size=batch_size,
                            workers=workers or default_workers(), scheduler=scheduler, device=device.value,
                            precision=precision, aoi=aoi, confidence=confidence,
                            match_stats=match_stats)  # fmt: skip
-    result = segment_mosaic(mosaic, model, classes_path, options, overwrite=overwrite,
-                            confidence_path=out_dir / f"{stem}_confidence.tif" if confidence else None,
-                            progress=reporter)  # fmt: skip
+    result = segment_mosaic(mosaic, model, paths.classes, options, overwrite=overwrite,
+                            confidence_path=paths.confidence, progress=reporter)  # fmt: skip
     if result.drift is not None:
         reporter.message(("warning: " if result.drift.drifted else "") + result.drift.verdict())
     reporter.message(f"class map: {result.classes} ({result.spec.precision}, tile {result.spec.tile}, "
                      f"overlap {result.spec.overlap}, {result.blocks} blocks)")  # fmt: skip
     if result.confidence is not None:
         reporter.message(f"confidence: {result.confidence}")
-    if not no_polygons:
+    if paths.polygons is not None:
         reporter.update("polygons", 0, 1)
-        vectors = vectorize_class_map(result.classes, polygons_path, min_area=min_area, simplify=simplify,
-                                      overwrite=overwrite)  # fmt: skip
+    finished = finish_outputs(paths, min_area=min_area, simplify=simplify, overwrite=overwrite)
+    if paths.polygons is not None:
         reporter.update("polygons", 1, 1)
-        reporter.message(f"polygons: {polygons_path} ({vectors.n_polygons:,})")
-    areas = class_areas(result.classes)
-    with atomic_path(areas_path) as tmp:
-        tmp.write_text(json.dumps(areas, indent=2) + "\n")
-    reporter.message(_areas_table(areas))
-    reporter.message(f"areas: {areas_path}")
+        reporter.message(f"polygons: {paths.polygons} ({finished.polygons:,})")
+    reporter.message(areas_table(finished.areas))
+    reporter.message(f"areas: {paths.areas}")
 
 
-def _areas_table(areas: dict) -> str:
+@app.command(
+    epilog="Exit codes: 0 all mosaics done; 2 bad input (nothing run); 3 finished, but some mosaics "
+    "failed (named in the summary and the manifest); 130 interrupted (rerun with --resume)."
+)
+def batch(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Mosaics: files, folders (searched recursively for .tif/.tiff/.vrt/.img/.jp2), globs in quotes "
+            "('survey/**/*.tif') or text files listing one path a line.",
+            show_default=False,
+        ),
+    ],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder (or .zip).")],
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out-dir",
+            "-o",
+            help="Folder for every mosaic's outputs (named as `geoseg infer` names them), the manifest "
+            "geoseg_batch.json and the survey report.",
+        ),
+    ],
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="A running Dask scheduler: its address (tcp://host:8786, tls://…) or its scheduler file. "
+            "Default: a local cluster on this machine. Workers must see the same paths (shared storage) "
+            "and have geoseg installed.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Worker processes of the local cluster (one core each). Default: the cores, ≤ 8."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an earlier batch in --out-dir: mosaics finished with the same input file and bundle "
+            "are skipped, the rest (failed, interrupted, changed) run again.",
+        ),
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Run every mosaic again, replacing outputs.")] = False,
+    tile: Annotated[int | None, typer.Option(min=32, help="Window side in px. Default: the bundle's.")] = None,
+    overlap: Annotated[int | None, typer.Option(min=0, help="Window overlap in px. Default: the bundle's.")] = None,
+    block_size: Annotated[
+        int,
+        typer.Option(
+            "--block-size",
+            min=64,
+            help="Side of the blocks sent to workers, rounded up to whole window strides. Results never depend on it.",
+        ),
+    ] = 1024,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Windows per forward pass. Default: 1 CPU, 8 GPU.")
+    ] = None,
+    device: Annotated[
+        Device, typer.Option(help="auto uses CUDA when this machine sees a GPU; on a GPU cluster pass cuda.")
+    ] = Device.auto,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16, as for `geoseg infer`.")] = "auto",
+    confidence: Annotated[bool, typer.Option("--confidence", help="Also write <stem>_confidence.tif.")] = False,
+    no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip the per-mosaic GeoPackages.")] = False,
+    min_area: Annotated[float, typer.Option("--min-area", min=0, help="Drop polygons smaller than this.")] = 0.0,
+    simplify: Annotated[float, typer.Option(min=0, help="Simplify polygons with this tolerance.")] = 0.0,
+    merge_polygons: Annotated[
+        bool,
+        typer.Option(
+            "--merge-polygons",
+            help="Also write survey_polygons.gpkg: every mosaic's polygons with a `mosaic` field (CRS of the first).",
+        ),
+    ] = False,
+    match_stats: Annotated[
+        bool, typer.Option("--match-stats", help="Normalize each mosaic onto the training statistics.")
+    ] = False,
+    tls_ca_file: Annotated[Path | None, typer.Option("--tls-ca-file", help="CA certificate of a TLS cluster.")] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="Client certificate for a TLS cluster.")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Client private key for a TLS cluster.")] = None,
+    progress: ProgressOption = ProgressMode.bar,
+) -> None:
+    """Segment a whole survey on a Dask cluster: every mosaic's outputs, a manifest and a survey report.
+
+    Blocks of all mosaics share the cluster, so one huge mosaic and many small ones both keep every
+    worker busy. Each finished mosaic is recorded in DIR/geoseg_batch.json; a failing mosaic is
+    recorded with its reason and the others go on; a worker that dies has its blocks rerun elsewhere.
+    The survey report (survey_report.csv and .json) gives the area per class of each mosaic and in total.
+    """
+    from geoseg.batch.cluster import ClusterOptions
+    from geoseg.batch.run import BatchOptions, print_summary, run_batch
+    from geoseg.errors import ConfigError
+    from geoseg.infer.run import InferOptions, default_workers
+
+    if scheduler is not None and workers is not None:
+        raise ConfigError("--workers sizes the local cluster; with --scheduler the cluster's own workers run")
+    if resume and overwrite:
+        raise ConfigError("--resume keeps finished mosaics and --overwrite redoes them; choose one")
+    infer_options = InferOptions(tile=tile, overlap=overlap, block_size=block_size, batch_size=batch_size,
+                                 device=device.value, precision=precision, confidence=confidence,
+                                 match_stats=match_stats)  # fmt: skip
+    cluster = ClusterOptions(scheduler=scheduler, workers=workers or default_workers(), tls_ca_file=tls_ca_file,
+                             tls_cert=tls_cert, tls_key=tls_key)  # fmt: skip
+    options = BatchOptions(infer=infer_options, cluster=cluster, polygons=not no_polygons, min_area=min_area,
+                           simplify=simplify, merge_polygons=merge_polygons, resume=resume,
+                           overwrite=overwrite)  # fmt: skip
+    summary = run_batch(inputs, model, out_dir, options, Progress(progress))
+    print_summary(summary)
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
+
+
+def areas_table(areas: dict) -> str:
     rows = [f"{'class':<24} {'pixels':>12} {'area':>14} {'share':>7}"]
     for c in areas["classes"]:
         area = f"{c['area_m2']:,.1f} m²" if c.get("area_m2") is not None else f"{c['area']:,.1f}"

@@ -1,0 +1,70 @@
+"""Connecting to Dask: a running scheduler (optionally over TLS), or a LocalCluster on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from geoseg.errors import InputError
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    scheduler: str | None = None  # address (tcp://host:8786, tls://…) or a scheduler file; None: LocalCluster
+    workers: int = 2  # LocalCluster only: worker processes, one thread each
+    tls_ca_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    connect_timeout_s: float = 30.0
+
+
+def _security(options: ClusterOptions):
+    if options.tls_ca_file is None and options.tls_cert is None:
+        return None
+    from distributed.security import Security
+
+    for path in (options.tls_ca_file, options.tls_cert, options.tls_key):
+        if path is not None and not path.is_file():
+            raise InputError("TLS file not found", path)
+    return Security(
+        tls_ca_file=str(options.tls_ca_file) if options.tls_ca_file else None,
+        tls_client_cert=str(options.tls_cert) if options.tls_cert else None,
+        tls_client_key=str(options.tls_key) if options.tls_key else None,
+        require_encryption=True,
+    )
+
+
+@contextlib.contextmanager
+def dask_client(options: ClusterOptions) -> Iterator:
+    """A ``distributed.Client``; a LocalCluster it started is closed on the way out."""
+    from distributed import Client, LocalCluster
+
+    if options.scheduler is None:
+        dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
+        cluster = LocalCluster(
+            n_workers=options.workers, threads_per_worker=1, processes=True, dashboard_address=dashboard
+        )
+        with cluster, Client(cluster) as client:
+            yield client
+        return
+    target = options.scheduler
+    kwargs = {"security": _security(options), "timeout": options.connect_timeout_s}
+    if Path(target).is_file():  # a scheduler file written by `dask scheduler --scheduler-file`
+        kwargs["scheduler_file"] = target
+        target = None
+    try:
+        client = Client(target, **kwargs)
+    except (OSError, TimeoutError) as exc:
+        raise InputError(
+            f"no Dask scheduler answered at {options.scheduler} ({exc.__class__.__name__}); start one with "
+            "`dask scheduler`, check the address, or leave out --scheduler to use this machine"
+        ) from None
+    with client:
+        yield client
+
+
+def worker_count(client) -> int:
+    return max(1, len(client.scheduler_info().get("workers", {})))

@@ -1,0 +1,303 @@
+"""`geoseg batch`: many mosaics on one Dask cluster, block by block; resumable, failures recorded.
+
+How the work flows:
+
+- This process (the client) expands the inputs, reads each mosaic's header, skips mosaics finished by
+  an earlier run (``--resume``), and plans each remaining mosaic just before its blocks are submitted.
+- The block jobs of all mosaics form one queue, about two per worker in flight, in input order. One
+  huge mosaic keeps every worker busy, and so do many small ones: the tail of a mosaic overlaps the
+  head of the next.
+- Workers run the block engine of `geoseg infer` (each worker process loads the model once) and send
+  back contributions. The client is the only writer of class maps (`MosaicWriter`), so each output
+  file has one writer; a finishing thread then writes the polygons and areas and records the mosaic
+  in the manifest.
+- A block that fails fails its mosaic only; its partial outputs are discarded and the rest go on.
+  A worker that dies has its tasks rerun on the others by Dask.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rasterio.errors import RasterioIOError
+
+from geoseg.batch.cluster import ClusterOptions, dask_client, worker_count
+from geoseg.batch.inputs import expand_inputs, output_stems
+from geoseg.batch.manifest import DONE, FAILED, Fingerprint, Manifest, MosaicRecord, bundle_sha256
+from geoseg.batch.report import SurveyReport, write_survey_report
+from geoseg.device import resolve_device
+from geoseg.errors import GeoSegError, InputError, OutputExistsError
+from geoseg.infer.assemble import aligned_block_size
+from geoseg.infer.outputs import OutputPaths, finish_outputs
+from geoseg.infer.parallel import BlockJob, run_block
+from geoseg.infer.run import InferOptions, MosaicWriter, check_output_folder, plan_mosaic
+from geoseg.io.raster import first_line, read_info
+from geoseg.model.bundle import BundleMeta, load_bundle
+from geoseg.progress import Progress
+
+EXIT_SOME_FAILED = 3
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    infer: InferOptions = field(default_factory=InferOptions)
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    polygons: bool = True
+    min_area: float = 0.0
+    simplify: float = 0.0
+    merge_polygons: bool = False
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class BatchSummary:
+    done: list[str]
+    skipped: list[str]  # finished by an earlier run (--resume)
+    failed: dict[str, str]  # id -> reason
+    report: SurveyReport
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SOME_FAILED if self.failed else 0
+
+
+@dataclass
+class _Mosaic:
+    id: str
+    path: Path
+    paths: OutputPaths
+    fingerprint: Fingerprint | None
+    blocks: int  # expected block count, for the progress bar
+    started: float = 0.0
+    writer: MosaicWriter | None = None
+    remaining: deque[BlockJob] = field(default_factory=deque)
+    in_flight: set = field(default_factory=set)
+    blocks_reported: int = 0
+
+
+def run_batch(
+    inputs: Sequence[str | Path],
+    bundle: Path,
+    out_dir: Path,
+    options: BatchOptions,
+    progress: Progress | None = None,
+) -> BatchSummary:
+    reporter = progress or Progress()
+    mosaics = expand_inputs(inputs)
+    meta = load_bundle(bundle).meta  # a bundle that cannot load stops the batch here, in one line
+    manifest = Manifest.load(out_dir, str(bundle.absolute()), bundle_sha256(bundle))
+    device = resolve_device(options.infer.device)
+    names = output_stems(mosaics)
+    batch = _Batch(bundle, meta, out_dir, options, manifest, device, reporter)
+    todo, skipped = batch.select(mosaics, names)
+    check_output_folder(out_dir)
+    if todo:
+        with dask_client(options.cluster) as client:
+            link = getattr(client, "dashboard_link", None) if options.cluster.scheduler is None else None
+            where = options.cluster.scheduler or f"a local cluster of {worker_count(client)} workers"
+            reporter.message(f"running on {where}" + (f"; dashboard: {link}" if link else ""))
+            batch.run(client, todo)
+    ids = [names[path] for path in mosaics]
+    report = write_survey_report(manifest, ids, out_dir, merge_polygons=options.merge_polygons)
+    done = [m.id for m in todo if manifest.records[m.id].status == DONE]
+    failed = {i: manifest.records[i].reason or "failed" for i in ids if manifest.records[i].status == FAILED}
+    return BatchSummary(done, skipped, failed, report)
+
+
+class _Batch:
+    def __init__(self, bundle: Path, meta: BundleMeta, out_dir: Path, options: BatchOptions, manifest: Manifest,
+                 device: str, reporter: Progress) -> None:  # fmt: skip
+        self.bundle = bundle
+        self.meta = meta
+        self.out_dir = out_dir
+        self.options = options
+        self.manifest = manifest
+        self.device = device
+        self.reporter = reporter
+        self.blocks_total = 0
+        self.blocks_done = 0
+
+    def select(self, mosaics: list[Path], names: dict[Path, str]) -> tuple[list[_Mosaic], list[str]]:
+        """Mosaics to run now; those finished earlier are skipped under --resume. Refuses, before any
+        work, to replace results of an earlier run unless --resume or --overwrite says so."""
+        opts = self.options
+        todo: list[_Mosaic] = []
+        skipped: list[str] = []
+        block = opts.infer.block_size
+        for path in mosaics:
+            mosaic_id = names[path]
+            fingerprint = Fingerprint.of(path)
+            paths = OutputPaths.for_stem(self.out_dir, mosaic_id, opts.polygons, opts.infer.confidence)
+            if opts.resume and self.manifest.is_finished(mosaic_id, fingerprint):
+                skipped.append(mosaic_id)
+                continue
+            if not (opts.resume or opts.overwrite):
+                if self.manifest.records:
+                    raise OutputExistsError(
+                        "holds an earlier batch (geoseg_batch.json); pass --resume to continue it or --overwrite "
+                        "to run everything again",
+                        self.out_dir,
+                    )
+                if existing := paths.existing():
+                    raise OutputExistsError("exists; pass --overwrite to replace it or choose another --out-dir",
+                                            existing[0])  # fmt: skip
+            todo.append(_Mosaic(mosaic_id, path, paths, fingerprint, blocks=self._block_count(path, block)))
+        self.blocks_total = sum(m.blocks for m in todo)
+        return todo, skipped
+
+    def _block_count(self, path: Path, block_size: int) -> int:
+        try:
+            info = read_info(path)
+        except GeoSegError:
+            return 1  # it fails when planned, with its reason
+        meta = self.meta
+        tile = self.options.infer.tile or meta.tile_size
+        overlap = meta.overlap if self.options.infer.overlap is None else self.options.infer.overlap
+        side = aligned_block_size(block_size, tile, min(overlap, tile - 1))
+        return -(-info.grid.height // side) * -(-info.grid.width // side)
+
+    def run(self, client, todo: list[_Mosaic]) -> None:
+        from distributed import as_completed
+
+        queue = deque(todo)
+        active: dict[str, _Mosaic] = {}
+        owner: dict[Future, _Mosaic] = {}
+        in_flight = as_completed()
+        finisher = ThreadPoolExecutor(1, thread_name_prefix="geoseg-finish")
+        finishing: list[Future] = []
+        try:
+            self._progress()
+            self._fill(client, queue, active, owner, in_flight)
+            for future in in_flight:
+                mosaic = owner.pop(future)
+                mosaic.in_flight.discard(future)
+                if mosaic.writer is not None and not future.cancelled():  # else its mosaic failed meanwhile
+                    self._receive(client, future, mosaic, active, finisher, finishing)
+                future.release()
+                self._fill(client, queue, active, owner, in_flight)
+            for job in finishing:
+                job.result()
+        except BaseException as exc:
+            for mosaic in list(active.values()):
+                if mosaic.writer is not None:
+                    mosaic.writer.__exit__(type(exc), exc, exc.__traceback__)  # discards partial files
+                    mosaic.writer = None
+            raise
+        finally:
+            finisher.shutdown(wait=True)
+            self.reporter.close()
+
+    def _receive(self, client, future, mosaic: _Mosaic, active: dict, finisher, finishing: list) -> None:
+        try:
+            contribution = future.result()
+        except Exception as exc:  # a failing block fails its mosaic, not the batch
+            self._fail(client, mosaic, _reason(exc), exc, active)
+            return
+        self._count(mosaic, mosaic.writer.add(contribution))
+        if mosaic.writer.complete:
+            mosaic.writer.__exit__(None, None, None)  # the class map appears, finished
+            mosaic.writer = None
+            del active[mosaic.id]
+            finishing.append(finisher.submit(self._finish, mosaic))
+
+    def _fill(self, client, queue, active, owner, in_flight) -> None:
+        """Submit block jobs, planning mosaics as they come up, until about two per worker are in flight."""
+        target = 2 * worker_count(client)
+        while len(owner) < target:
+            mosaic = next((m for m in active.values() if m.remaining), None)
+            if mosaic is None:
+                if not queue:
+                    return
+                mosaic = self._start(queue.popleft())
+                if mosaic is None:
+                    continue
+                active[mosaic.id] = mosaic
+            job = mosaic.remaining.popleft()
+            future = client.submit(run_block, job, pure=False)
+            owner[future] = mosaic
+            mosaic.in_flight.add(future)
+            in_flight.add(future)
+
+    def _start(self, mosaic: _Mosaic) -> _Mosaic | None:
+        """Plan the mosaic and open its writer; a mosaic that cannot run is recorded as failed."""
+        mosaic.started = time.perf_counter()
+        try:
+            if not mosaic.path.exists():
+                raise InputError("does not exist", mosaic.path)
+            plan = plan_mosaic(mosaic.path, self.bundle, self.options.infer, self.device, mosaic.paths.confidence
+                               is not None)  # fmt: skip
+            mosaic.writer = MosaicWriter(plan, mosaic.paths.classes, mosaic.paths.confidence).__enter__()
+        except (GeoSegError, RasterioIOError) as exc:
+            self._record_failure(mosaic, _reason(exc))
+            self._count(mosaic, mosaic.blocks)
+            return None
+        self.blocks_total += len(plan.jobs) - mosaic.blocks
+        mosaic.blocks = len(plan.jobs)
+        mosaic.remaining = deque(plan.jobs)
+        return mosaic
+
+    def _fail(self, client, mosaic: _Mosaic, reason: str, exc: BaseException, active: dict) -> None:
+        client.cancel(list(mosaic.in_flight))
+        mosaic.remaining.clear()
+        if mosaic.writer is not None:
+            mosaic.writer.__exit__(type(exc), exc, exc.__traceback__)
+            mosaic.writer = None
+        active.pop(mosaic.id, None)
+        self._record_failure(mosaic, reason)
+        self._count(mosaic, mosaic.blocks - mosaic.blocks_reported)
+
+    def _finish(self, mosaic: _Mosaic) -> None:
+        """Polygons and areas from the written class map, then the manifest entry (finishing thread)."""
+        try:
+            finished = finish_outputs(mosaic.paths, self.options.min_area, self.options.simplify, overwrite=True)
+        except (GeoSegError, RasterioIOError, OSError) as exc:
+            self._record_failure(mosaic, _reason(exc))
+            return
+        runtime = time.perf_counter() - mosaic.started
+        record = MosaicRecord(mosaic.id, str(mosaic.path), DONE, mosaic.fingerprint, self.manifest.bundle_hash,
+                              outputs=mosaic.paths.as_dict(), runtime_s=round(runtime, 2),
+                              areas=finished.areas)  # fmt: skip
+        self.manifest.record(record)
+        self.reporter.message(f"done: {mosaic.id} ({runtime:.1f} s)")
+
+    def _record_failure(self, mosaic: _Mosaic, reason: str) -> None:
+        self.manifest.record(MosaicRecord(mosaic.id, str(mosaic.path), FAILED, mosaic.fingerprint,
+                                          self.manifest.bundle_hash, reason=reason))  # fmt: skip
+        self.reporter.message(f"failed: {mosaic.id}: {reason}")
+
+    def _count(self, mosaic: _Mosaic, blocks: int) -> None:
+        mosaic.blocks_reported += blocks
+        self.blocks_done += blocks
+        self._progress()
+
+    def _progress(self) -> None:
+        self.reporter.update("batch", self.blocks_done, max(self.blocks_total, 1))
+
+
+def _reason(exc: BaseException) -> str:
+    """One line a user can act on."""
+    if isinstance(exc, GeoSegError):
+        return str(exc)
+    if isinstance(exc, RasterioIOError):
+        return f"could not be read ({first_line(exc)}); re-copy it"
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        return "workers died repeatedly on one of its blocks (out of memory?); try a smaller --block-size"
+    return f"{name}: {first_line(exc)}"
+
+
+def print_summary(summary: BatchSummary, out=sys.stdout) -> None:
+    lines = [f"{len(summary.done)} mosaic(s) done, {len(summary.skipped)} already done (skipped), "
+             f"{len(summary.failed)} failed"]  # fmt: skip
+    lines += [f"  failed: {mosaic_id}: {reason}" for mosaic_id, reason in summary.failed.items()]
+    lines += [f"survey report: {summary.report.csv} and {summary.report.json}"]
+    if summary.report.polygons is not None:
+        lines.append(f"merged polygons: {summary.report.polygons}")
+    print("\n".join(lines), file=out, flush=True)

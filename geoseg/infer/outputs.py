@@ -1,0 +1,53 @@
+"""The files `geoseg infer` (and `geoseg batch`, per mosaic) writes around a class map, by DESIGN §3."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from geoseg.io.raster import atomic_path
+from geoseg.vectorize import class_areas, vectorize_class_map
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    classes: Path
+    areas: Path
+    polygons: Path | None
+    confidence: Path | None
+
+    @classmethod
+    def for_stem(cls, folder: Path, stem: str, polygons: bool, confidence: bool) -> OutputPaths:
+        return cls(
+            classes=folder / f"{stem}_classes.tif",
+            areas=folder / f"{stem}_areas.json",
+            polygons=folder / f"{stem}_polygons.gpkg" if polygons else None,
+            confidence=folder / f"{stem}_confidence.tif" if confidence else None,
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        pairs = {"classes": self.classes, "areas": self.areas, "polygons": self.polygons, "confidence": self.confidence}
+        return {kind: str(path) for kind, path in pairs.items() if path is not None}
+
+    def existing(self) -> list[Path]:
+        return [Path(p) for p in self.as_dict().values() if Path(p).exists()]
+
+
+@dataclass(frozen=True)
+class FinishedOutputs:
+    areas: dict
+    polygons: int | None  # how many were written, None when polygons were not asked for
+
+
+def finish_outputs(paths: OutputPaths, min_area: float, simplify: float, overwrite: bool) -> FinishedOutputs:
+    """Polygons (streamed from the written class map) and the per-class areas, each written atomically."""
+    n_polygons = None
+    if paths.polygons is not None:
+        vectors = vectorize_class_map(paths.classes, paths.polygons, min_area=min_area, simplify=simplify,
+                                      overwrite=overwrite)  # fmt: skip
+        n_polygons = vectors.n_polygons
+    areas = class_areas(paths.classes)
+    with atomic_path(paths.areas) as tmp:
+        tmp.write_text(json.dumps(areas, indent=2) + "\n")
+    return FinishedOutputs(areas, n_polygons)
