@@ -66,5 +66,15 @@ def dask_client(options: ClusterOptions) -> Iterator:
         yield client
 
 
+def dashboard_link(client) -> str | None:
+    """The scheduler's dashboard address, or None when it runs none (bokeh missing, or turned off)."""
+    if "dashboard" not in client.scheduler_info().get("services", {}):
+        return None
+    try:
+        return client.dashboard_link
+    except (KeyError, AttributeError):
+        return None
+
+
 def worker_count(client) -> int:
     return max(1, len(client.scheduler_info().get("workers", {})))

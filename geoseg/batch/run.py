@@ -27,7 +27,7 @@ from pathlib import Path
 
 from rasterio.errors import RasterioIOError
 
-from geoseg.batch.cluster import ClusterOptions, dask_client, worker_count
+from geoseg.batch.cluster import ClusterOptions, dashboard_link, dask_client, worker_count
 from geoseg.batch.inputs import expand_inputs, output_stems
 from geoseg.batch.manifest import DONE, FAILED, Fingerprint, Manifest, MosaicRecord, bundle_sha256
 from geoseg.batch.report import SurveyReport, write_survey_report
@@ -100,9 +100,9 @@ def run_batch(
     check_output_folder(out_dir)
     if todo:
         with dask_client(options.cluster) as client:
-            link = getattr(client, "dashboard_link", None) if options.cluster.scheduler is None else None
+            link = dashboard_link(client)
             where = options.cluster.scheduler or f"a local cluster of {worker_count(client)} workers"
-            reporter.message(f"running on {where}" + (f"; dashboard: {link}" if link else ""))
+            reporter.message(f"running on {where}; dashboard: {link or 'none (pip install bokeh for one)'}")
             batch.run(client, todo)
     ids = [names[path] for path in mosaics]
     report = write_survey_report(manifest, ids, out_dir, merge_polygons=options.merge_polygons)
@@ -238,6 +238,8 @@ class _Batch:
             self._record_failure(mosaic, _reason(exc))
             self._count(mosaic, mosaic.blocks)
             return None
+        if plan.drift is not None and plan.drift.drifted:
+            self.reporter.message(f"warning: {mosaic.id}: {plan.drift.verdict()}")
         self.blocks_total += len(plan.jobs) - mosaic.blocks
         mosaic.blocks = len(plan.jobs)
         mosaic.remaining = deque(plan.jobs)

@@ -1,7 +1,7 @@
 """Blocks of a mosaic as Dask tasks. Knows nothing of tensors: each task calls the one-block engine.
 
-Each worker process loads the model once (a per-process cache keyed by bundle and device) and
-keeps its own file handles; the caller is the only writer. Blocks are submitted in
+Each worker process loads the model once (a per-process cache keyed by bundle, version and device);
+the caller is the only writer. Blocks are submitted in
 waves of a few per worker, so memory is bounded by block size, not by mosaic size.
 
 On the CPU every forward pass runs with one intra-op thread: PyTorch's convolutions sum in a
@@ -12,10 +12,10 @@ scheduler and worker count. Parallelism comes from running blocks side by side i
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 
 import dask
 import numpy as np
@@ -46,53 +46,45 @@ class BlockJob:
     window: Window
     raster_shape: tuple[int, int]
     aoi: BaseGeometry | None  # in the mosaic's CRS; outside it the class map is nodata
+    bundle_version: str = ""  # geoseg.model.bundle.bundle_version: a rewritten bundle is loaded afresh
 
 
-@cache
-def _cached_bundle(path: str, device: str) -> Bundle:
-    bundle = load_bundle(path, device=device)
-    bundle.model.to(memory_format=torch.channels_last)
-    return bundle
+_MODELS: dict[tuple[str, str], tuple[str, Bundle]] = {}
+_MODELS_LOCK = threading.Lock()
 
 
-_READERS: dict[tuple[int, str], rasterio.DatasetReader] = {}
-
-
-def _reader(path: str) -> rasterio.DatasetReader:
-    """One handle per process and thread: GDAL handles are not safe to share between threads."""
-    import threading
-
-    key = (threading.get_ident(), path)
-    if key not in _READERS:
-        _READERS[key] = rasterio.open(path)
-    return _READERS[key]
-
-
-def _close_readers() -> None:
-    """Close this process's file handles (left open, GDAL complains when the interpreter exits)."""
-    while _READERS:
-        _, reader = _READERS.popitem()
-        reader.close()
+def _cached_bundle(path: str, device: str, version: str = "") -> Bundle:
+    """The process's model for ``path``: loaded once, again only when the bundle's version changes."""
+    with _MODELS_LOCK:
+        held = _MODELS.get((path, device))
+        if held is None or held[0] != version:
+            bundle = load_bundle(path, device=device)
+            bundle.model.to(memory_format=torch.channels_last)
+            _MODELS[(path, device)] = (version, bundle)
+        return _MODELS[(path, device)][1]
 
 
 def run_block(job: BlockJob) -> Contribution:
+    """One block, start to end. The mosaic is opened per block: cheap next to the model, and a worker
+    of a long-lived cluster then holds no file handles between tasks (nor a stale view of a replaced file).
+    """
     cap_gdal_cache()
     if job.device == "cpu":
         torch.set_num_threads(1)
-    model = _cached_bundle(job.bundle, job.device).model
-    ds = _reader(job.mosaic)
+    model = _cached_bundle(job.bundle, job.device, job.bundle_version).model
+    with rasterio.open(job.mosaic) as ds:
 
-    def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
-        return read_window(ds, job.bands, window)
+        def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
+            return read_window(ds, job.bands, window)
 
-    def inside_aoi(window: Window) -> np.ndarray:
-        shape = (int(window.height), int(window.width))
-        transform = window_transform(window, ds.transform)
-        return features.geometry_mask([job.aoi], out_shape=shape, transform=transform, invert=True)
+        def inside_aoi(window: Window) -> np.ndarray:
+            shape = (int(window.height), int(window.width))
+            transform = window_transform(window, ds.transform)
+            return features.geometry_mask([job.aoi], out_shape=shape, transform=transform, invert=True)
 
-    return block_contribution(
-        model, read, job.window, job.raster_shape, job.spec, inside_aoi if job.aoi is not None else None
-    )
+        return block_contribution(
+            model, read, job.window, job.raster_shape, job.spec, inside_aoi if job.aoi is not None else None
+        )
 
 
 def run_blocks(
@@ -127,7 +119,6 @@ def _run_local(jobs: list[BlockJob], scheduler: str, workers: int, on_done) -> N
                     on_done(contribution)
     finally:
         torch.set_num_threads(threads)
-        _close_readers()
 
 
 def _run_distributed(jobs: list[BlockJob], address: str, workers: int, on_done) -> None:

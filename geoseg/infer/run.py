@@ -28,7 +28,7 @@ from geoseg.infer.writer import confidence_percent, open_class_map, open_confide
 from geoseg.io.raster import RasterInfo, cap_gdal_cache, ensure_writable, first_line, read_info
 from geoseg.io.vector import read_vector
 from geoseg.memory import release_free_memory
-from geoseg.model.bundle import check_bundle_fits, load_bundle
+from geoseg.model.bundle import bundle_version, check_bundle_fits, load_bundle
 from geoseg.progress import Progress
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -147,9 +147,10 @@ def plan_mosaic(
     )
     grid = info.grid
     assembler = Assembler((grid.height, grid.width), options.block_size, spec, confidence)
+    version = bundle_version(bundle_path)
     jobs = [
         BlockJob(str(mosaic), str(Path(bundle_path).resolve()), device, spec, tuple(meta.bands), window,
-                 (grid.height, grid.width), aoi)
+                 (grid.height, grid.width), aoi, version)
         for window in assembler.blocks
     ]  # fmt: skip
     tags = {"GEOSEG_INPUT": json.dumps({"normalization": normalization.to_json(), "match_stats": options.match_stats,

@@ -138,6 +138,18 @@ def save_bundle(model: smp.Unet, meta: BundleMeta, out_dir: Path, overwrite: boo
     return out_dir
 
 
+def bundle_version(path: str | Path) -> str:
+    """Size and modification time of the bundle's files: changes whenever the bundle is rewritten.
+
+    Worker processes cache loaded models by path and this version, so a long-lived Dask cluster picks
+    up a retrained bundle saved at the same path.
+    """
+    path = Path(path)
+    files = [path] if path.is_file() else [path / n for n in (META_FILE, "config.json", "model.safetensors")]
+    stats = [f.stat() for f in files if f.exists()]
+    return ";".join(f"{s.st_size}:{s.st_mtime_ns}" for s in stats)
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Load a bundle directory (or the same zipped) made by geoseg or by smp + geoseg.json alone."""
     path = Path(path)
