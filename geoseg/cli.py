@@ -118,7 +118,7 @@ def infer(
             min=64,
             help="Side of the blocks processed in parallel, rounded up to a whole number of window strides "
             "(tile - overlap). Each window runs once whatever the block size, and the result never changes with "
-            "it; memory grows with it (about 100 bytes a pixel of block while it waits for its neighbours).",
+            "it; memory grows with it (about 4 bytes a pixel a class for each block in flight).",
         ),
     ] = 1024,
     batch_size: Annotated[

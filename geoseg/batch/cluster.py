@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +42,7 @@ def dask_client(options: ClusterOptions) -> Iterator:
     from distributed import Client, LocalCluster
 
     if options.scheduler is None:
-        dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
-        cluster = LocalCluster(
-            n_workers=options.workers, threads_per_worker=1, processes=True, dashboard_address=dashboard
-        )
+        cluster = LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
         with cluster, Client(cluster) as client:
             yield client
         return

@@ -33,12 +33,12 @@ from geoseg.batch.manifest import DONE, FAILED, Fingerprint, Manifest, MosaicRec
 from geoseg.batch.report import SurveyReport, write_survey_report
 from geoseg.device import resolve_device
 from geoseg.errors import GeoSegError, InputError, OutputExistsError
-from geoseg.infer.assemble import aligned_block_size
+from geoseg.infer.assemble import block_layout
 from geoseg.infer.outputs import OutputPaths, finish_outputs
 from geoseg.infer.parallel import BlockJob, run_block
-from geoseg.infer.run import InferOptions, MosaicWriter, check_output_folder, plan_mosaic
+from geoseg.infer.run import InferOptions, MosaicWriter, check_output_folder, plan_mosaic, window_settings
 from geoseg.io.raster import first_line, read_info
-from geoseg.model.bundle import BundleMeta, load_bundle
+from geoseg.model.bundle import Bundle, load_bundle
 from geoseg.progress import Progress
 
 EXIT_SOME_FAILED = 3
@@ -91,11 +91,11 @@ def run_batch(
 ) -> BatchSummary:
     reporter = progress or Progress()
     mosaics = expand_inputs(inputs)
-    meta = load_bundle(bundle).meta  # a bundle that cannot load stops the batch here, in one line
+    model = load_bundle(bundle)  # a bundle that cannot load stops the batch here, in one line
     manifest = Manifest.load(out_dir, str(bundle.absolute()), bundle_sha256(bundle))
     device = resolve_device(options.infer.device)
     names = output_stems(mosaics)
-    batch = _Batch(bundle, meta, out_dir, options, manifest, device, reporter)
+    batch = _Batch(model, out_dir, options, manifest, device, reporter)
     todo, skipped = batch.select(mosaics, names)
     check_output_folder(out_dir)
     if todo:
@@ -112,10 +112,9 @@ def run_batch(
 
 
 class _Batch:
-    def __init__(self, bundle: Path, meta: BundleMeta, out_dir: Path, options: BatchOptions, manifest: Manifest,
-                 device: str, reporter: Progress) -> None:  # fmt: skip
-        self.bundle = bundle
-        self.meta = meta
+    def __init__(self, bundle: Bundle, out_dir: Path, options: BatchOptions, manifest: Manifest, device: str,
+                 reporter: Progress) -> None:  # fmt: skip
+        self.bundle = bundle  # loaded once: every mosaic is checked against it
         self.out_dir = out_dir
         self.options = options
         self.manifest = manifest
@@ -155,13 +154,11 @@ class _Batch:
     def _block_count(self, path: Path, block_size: int) -> int:
         try:
             info = read_info(path)
-        except GeoSegError:
-            return 1  # it fails when planned, with its reason
-        meta = self.meta
-        tile = self.options.infer.tile or meta.tile_size
-        overlap = meta.overlap if self.options.infer.overlap is None else self.options.infer.overlap
-        side = aligned_block_size(block_size, tile, min(overlap, tile - 1))
-        return -(-info.grid.height // side) * -(-info.grid.width // side)
+            tile, overlap = window_settings(self.options.infer, self.bundle.meta)
+        except GeoSegError:  # it fails when planned, with its reason
+            return 1
+        rows, cols = block_layout((info.grid.height, info.grid.width), block_size, tile, overlap)
+        return (len(rows) - 1) * (len(cols) - 1)
 
     def run(self, client, todo: list[_Mosaic]) -> None:
         from distributed import as_completed

@@ -64,7 +64,10 @@ def owned_origins(core: Window, raster_shape: tuple[int, int], tile: int, overla
 
 def reach(core: Window, raster_shape: tuple[int, int], tile: int, overlap: int) -> Window | None:
     """The raster area the block's own windows cover (None if it owns none)."""
-    origins = owned_origins(core, raster_shape, tile, overlap)
+    return _covered(owned_origins(core, raster_shape, tile, overlap), raster_shape, tile)
+
+
+def _covered(origins: list[tuple[int, int]], raster_shape: tuple[int, int], tile: int) -> Window | None:
     if not origins:
         return None
     height, width = raster_shape
@@ -89,7 +92,7 @@ def block_contribution(
     """
     tile = spec.tile
     origins = owned_origins(core, raster_shape, tile, spec.overlap)
-    area = reach(core, raster_shape, tile, spec.overlap)
+    area = _covered(origins, raster_shape, tile)
     n = len(spec.class_ids)
     if area is None:
         _, valid = read(core)
@@ -125,11 +128,9 @@ class Assembler:
 
     def __init__(self, raster_shape: tuple[int, int], block_size: int, spec: InferenceSpec, confidence: bool) -> None:
         self.shape = raster_shape
-        self.block_size = aligned_block_size(block_size, spec.tile, spec.overlap)
         self.spec = spec
         self.confidence = confidence
-        self._row_edges = block_edges(raster_shape[0], self.block_size, spec.tile)
-        self._col_edges = block_edges(raster_shape[1], self.block_size, spec.tile)
+        self._row_edges, self._col_edges = block_layout(raster_shape, block_size, spec.tile, spec.overlap)
         self.blocks = [
             Window(c0, r0, c1 - c0, r1 - r0)
             for r0, r1 in itertools.pairwise(self._row_edges)
@@ -204,6 +205,14 @@ class Assembler:
         rows = range(_position(self._row_edges, r0), _position(self._row_edges, r0 + int(area.height) - 1) + 1)
         cols = range(_position(self._col_edges, c0), _position(self._col_edges, c0 + int(area.width) - 1) + 1)
         return [(i, j) for i in rows for j in cols]
+
+
+def block_layout(
+    raster_shape: tuple[int, int], block_size: int, tile: int, overlap: int
+) -> tuple[list[int], list[int]]:
+    """Row and column block borders for ``block_size`` (rounded up to whole strides) on a raster."""
+    side = aligned_block_size(block_size, tile, overlap)
+    return block_edges(raster_shape[0], side, tile), block_edges(raster_shape[1], side, tile)
 
 
 def block_edges(length: int, block_size: int, tile: int) -> list[int]:

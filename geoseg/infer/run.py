@@ -28,7 +28,7 @@ from geoseg.infer.writer import confidence_percent, open_class_map, open_confide
 from geoseg.io.raster import RasterInfo, cap_gdal_cache, ensure_writable, first_line, read_info
 from geoseg.io.vector import read_vector
 from geoseg.memory import release_free_memory
-from geoseg.model.bundle import bundle_version, check_bundle_fits, load_bundle
+from geoseg.model.bundle import Bundle, BundleMeta, bundle_version, check_bundle_fits, load_bundle
 from geoseg.progress import Progress
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -107,24 +107,24 @@ class MosaicPlan:
     drift: DriftReport | None
 
 
-def plan_mosaic(
-    mosaic: Path,
-    bundle_path: Path,
-    options: InferOptions,
-    device: str,
-    confidence: bool,
-) -> MosaicPlan:
-    """Check the mosaic against the bundle and cut it into block jobs; creates no output."""
-    cap_gdal_cache()
-    info = read_info(mosaic)
-    precision = resolve_precision(options.precision, device)
-    bundle = load_bundle(bundle_path, device="cpu")
-    check_bundle_fits(bundle, info)
-    meta = bundle.meta
+def window_settings(options: InferOptions, meta: BundleMeta) -> tuple[int, int]:
+    """Tile and overlap: the options', else the bundle's."""
     tile = options.tile or meta.tile_size
     overlap = meta.overlap if options.overlap is None else options.overlap
     if not 0 <= overlap < tile:
         raise InputError(f"--overlap must be at least 0 and less than the tile ({tile}), got {overlap}")
+    return tile, overlap
+
+
+def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str, confidence: bool) -> MosaicPlan:
+    """Check the mosaic against the (loaded) bundle and cut it into block jobs; creates no output."""
+    cap_gdal_cache()
+    info = read_info(mosaic)
+    precision = resolve_precision(options.precision, device)
+    check_bundle_fits(bundle, info)
+    meta = bundle.meta
+    bundle_path = bundle.path
+    tile, overlap = window_settings(options, meta)
     aoi = aoi_in_crs(options.aoi, info) if options.aoi is not None else None
     try:
         drift = drift_report(mosaic, meta.bands, meta.train_stats)
@@ -219,7 +219,8 @@ def segment_mosaic(
     for path in (classes_path, confidence_path):
         if path is not None:
             ensure_writable(path, overwrite)
-    plan = plan_mosaic(mosaic, bundle_path, options, device, confidence_path is not None)
+    bundle = load_bundle(bundle_path, device="cpu")
+    plan = plan_mosaic(mosaic, bundle, options, device, confidence_path is not None)
     check_output_folder(classes_path.parent)  # last: it creates the folder, so a refused run leaves none
     reporter = progress or Progress()
     with MosaicWriter(plan, classes_path, confidence_path) as writer:
