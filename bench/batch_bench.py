@@ -22,24 +22,14 @@ import datetime as dt
 import multiprocessing
 import platform
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_BENCH = ROOT.parent / "shared" / "bench"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from infer_bench import timed  # noqa: E402
+from infer_bench import ensure_mosaic, timed  # noqa: E402
 from infer_scale import make_cheap_bundle  # noqa: E402
-
-
-def mosaic(folder: Path, name: str, size: int, seed: int) -> Path:
-    path = folder / f"{name}.tif"
-    if not path.exists():
-        command = [sys.executable, str(SHARED_BENCH / "make_mosaic.py"), str(path), "--size", str(size)]
-        subprocess.run([*command, "--seed", str(seed)], check=True, capture_output=True)
-    return path
 
 
 def batch(inputs: list[Path], bundle: Path, out: Path, workers: int, block: int) -> float:
@@ -62,9 +52,9 @@ def main() -> None:
     folder = args.out_dir / "batch_inputs"
     folder.mkdir(parents=True, exist_ok=True)
     bundle = make_cheap_bundle(args.out_dir / "bundle_cheap")
-    large = mosaic(folder, f"large{args.large}", args.large, seed=100)
-    smalls = [mosaic(folder, f"small{i}", args.small, seed=200 + i) for i in range(args.n_small)]
-    tiny = mosaic(folder, "tiny", 256, seed=300)
+    large = ensure_mosaic(folder / f"large{args.large}.tif", args.large, "--seed", "100")
+    smalls = [ensure_mosaic(folder / f"small{i}.tif", args.small, "--seed", str(200 + i)) for i in range(args.n_small)]
+    tiny = ensure_mosaic(folder / "tiny.tif", 256, "--seed", "300")
     file_level = 2 * max(args.large, args.small)
     out = args.out_dir / "batch_runs"
 

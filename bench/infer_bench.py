@@ -41,6 +41,15 @@ def timed(command: list[str]) -> tuple[float, float, str]:
     return seconds, rss_kb / 2**20, run.stdout + run.stderr
 
 
+def ensure_mosaic(path: Path, size: int, *extra: str) -> Path:
+    """make_mosaic.py's mosaic at ``path``, made only once: the generator is deterministic."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, str(SHARED_BENCH / "make_mosaic.py"), str(path), "--size", str(size), *extra]
+        subprocess.run(command, check=True)
+    return path
+
+
 def make_bundle(path: Path, encoder: str) -> Path:
     import segmentation_models_pytorch as smp
     import torch
@@ -67,10 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    mosaic = out / f"m{args.size}.tif"
-    if not mosaic.exists():
-        subprocess.run([sys.executable, str(SHARED_BENCH / "make_mosaic.py"), str(mosaic), "--size", str(args.size)],
-                       check=True)  # fmt: skip
+    mosaic = ensure_mosaic(out / f"m{args.size}.tif", args.size)
     bundle = make_bundle(out / f"bundle_{args.encoder}", args.encoder)
     from geoseg.infer.windows import window_grid
 

@@ -22,17 +22,15 @@ import argparse
 import datetime as dt
 import multiprocessing
 import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_BENCH = ROOT.parent / "shared" / "bench"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from infer_bench import make_bundle, timed  # noqa: E402
+from infer_bench import ensure_mosaic, make_bundle, timed  # noqa: E402
 
 
 def forward_share(bundle: str, passes: int, tile: int, seed: int) -> float:
@@ -80,10 +78,7 @@ def main() -> None:
 
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    mosaic = out / f"m{args.size}.tif"
-    if not mosaic.exists():
-        subprocess.run([sys.executable, str(SHARED_BENCH / "make_mosaic.py"), str(mosaic), "--size", str(args.size)],
-                       check=True)  # fmt: skip
+    mosaic = ensure_mosaic(out / f"m{args.size}.tif", args.size)
     windows = len(window_grid(args.size, args.size, 512, 64))
     print(f"{args.size}² mosaic, {windows} windows of 512² (overlap 64), {args.workers} workers × 1 thread, fp32, "
           f"blocks {args.block_size}; {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; "

@@ -15,15 +15,13 @@ import argparse
 import datetime as dt
 import multiprocessing
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_BENCH = ROOT.parent / "shared" / "bench"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from infer_bench import timed  # noqa: E402
+from infer_bench import ensure_mosaic, timed  # noqa: E402
 
 ENCODER = "tu-mobilenetv3_small_050"
 
@@ -57,10 +55,7 @@ def main() -> None:
     print("| mosaic | Mpx | wall s | µs per px | peak RSS GiB |\n|---|---|---|---|---|")
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        mosaic = out / f"m{size}.tif"
-        if not mosaic.exists():
-            subprocess.run([sys.executable, str(SHARED_BENCH / "make_mosaic.py"), str(mosaic), "--size", str(size)],
-                           check=True)  # fmt: skip
+        mosaic = ensure_mosaic(out / f"m{size}.tif", size)
         seconds, rss, _ = timed([
             sys.executable, "-m", "geoseg", "infer", str(mosaic), "--model", str(bundle), "--out-dir",
             str(out / f"scale_{size}"), "--precision", "fp32", "--no-polygons", "--overwrite", "--progress", "none",
