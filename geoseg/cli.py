@@ -373,6 +373,55 @@ def evaluate(
         typer.echo(f"scores: {json_out}")
 
 
+@app.command()
+def vectorize(
+    class_map: Annotated[Path, typer.Argument(help="Class map GeoTIFF (one band of class ids, nodata 255).")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Polygons to write: .gpkg, .geojson or .parquet. Default: <class map stem>_polygons.gpkg here.",
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="Take class names from this bundle. Default: the class map's own table."),
+    ] = None,
+    min_area: Annotated[
+        float,
+        typer.Option("--min-area", min=0, help="Drop polygons smaller than this (CRS units², m² for projected CRSs)."),
+    ] = 0.0,
+    simplify: Annotated[
+        float,
+        typer.Option(min=0, help="Simplify polygons with this tolerance (CRS units); shared borders stay shared."),
+    ] = 0.0,
+    connectivity: Annotated[
+        int, typer.Option(help="4: pixels touching by an edge form a region; 8: corners count too.")
+    ] = 4,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    progress: ProgressOption = ProgressMode.bar,
+) -> None:
+    """Polygons from a class map: one polygon per connected region of a class, with class_id, class_name, area.
+
+    The polygons keep the class map's CRS; simplification keeps borders between classes shared (no gaps).
+    """
+    from geoseg.model.bundle import read_bundle_meta
+    from geoseg.vectorize import vectorize_class_map
+
+    classes = read_bundle_meta(model).classes if model is not None else None
+    reporter = Progress(progress)
+    # One step with no inner progress: a bar would only flash, so only programs (json) hear of it.
+    stage = reporter.stage("polygons") if progress == ProgressMode.json else lambda done, total: None
+    stage(0, 1)
+    target = out or Path(f"{class_map.stem}_polygons.gpkg")
+    result = vectorize_class_map(class_map, target, classes, min_area=min_area, simplify=simplify,
+                                 connectivity=connectivity, overwrite=overwrite)  # fmt: skip
+    stage(1, 1)
+    dropped = f", {result.dropped:,} under --min-area dropped" if result.dropped else ""
+    reporter.message(f"polygons: {result.path} ({result.n_polygons:,}{dropped})")
+
+
 @app.command("quality-mask")
 def quality_mask(
     mosaic: Annotated[Path, typer.Argument(help="Orthomosaic GeoTIFF/VRT.")],

@@ -229,6 +229,7 @@ def segment_mosaic(
             if writer.add(contribution):
                 reporter.update("segment", writer.blocks_written, len(plan.jobs))
 
+        reporter.update("segment", 0, len(plan.jobs))
         try:
             run_blocks(plan.jobs, options.scheduler, options.workers, write)
         except RasterioIOError as exc:

@@ -168,6 +168,31 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     return _load_dir(path, device)
 
 
+def read_bundle_meta(path: str | Path) -> BundleMeta:
+    """Only the bundle's ``geoseg.json`` (classes, bands, normalization), without loading the network."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError("model bundle not found; pass the folder written by `geoseg train`", path)
+    if path.is_dir():
+        return _read_meta(path / META_FILE, path)
+    if not zipfile.is_zipfile(path):
+        raise BundleError("is neither a bundle folder nor a zipped bundle", path)
+    with tempfile.TemporaryDirectory(prefix="geoseg-bundle-") as tmp:
+        with zipfile.ZipFile(path) as archive:
+            archive.extractall(tmp)
+        return _read_meta(_bundle_root(Path(tmp), path) / META_FILE, path)
+
+
+def _read_meta(meta_file: Path, source: Path) -> BundleMeta:
+    if not meta_file.is_file():
+        raise BundleError(f"lacks {META_FILE}; is it a geoseg model bundle?", source)
+    try:
+        data = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{META_FILE} is not valid JSON ({exc})", source) from None
+    return BundleMeta.from_json(data, source)
+
+
 def _bundle_root(extracted: Path, source: Path) -> Path:
     """A zip may hold the files at its top or inside one folder."""
     hits = sorted(p.parent for p in extracted.rglob(META_FILE))
@@ -177,15 +202,10 @@ def _bundle_root(extracted: Path, source: Path) -> Path:
 
 
 def _load_dir(path: Path, device: str | torch.device) -> Bundle:
-    meta_file = path / META_FILE
     for required in (META_FILE, "config.json", "model.safetensors"):
         if not (path / required).is_file():
             raise BundleError(f"lacks {required}; a bundle holds config.json, model.safetensors and {META_FILE}", path)
-    try:
-        data = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{META_FILE} is not valid JSON ({exc})", path) from None
-    meta = BundleMeta.from_json(data, path)
+    meta = _read_meta(path / META_FILE, path)
     try:
         model = smp.from_pretrained(str(path))
     except Exception as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -311,3 +313,38 @@ def test_batches_of_polygons_join_up(spacenet_map: Path, tmp_path: Path, monkeyp
     monkeypatch.setattr(vectorize, "_batches", functools.partial(vectorize._batches, size=4))
     batched = vectorize_class_map(spacenet_map, tmp_path / "batched.gpkg", min_pixels=40)
     assert batched.counts[1] == 43 and canonical(read_polygons(batched.path)) == canonical(whole)
+
+
+def test_vectorize_command_names_classes_from_a_bundle_and_drops_small_regions(
+    spacenet_map: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import make_random_bundle
+
+    bundle = make_random_bundle(tmp_path / "bundle", [1], n_classes=2, tile=64, overlap=8)
+    meta = json.loads((bundle / "geoseg.json").read_text())
+    meta["classes"] = [{"id": 0, "name": "bare ground", "color": "#aaaaaa"}, {"id": 1, "name": "roof", "color": "#f00"}]
+    (bundle / "geoseg.json").write_text(json.dumps(meta))
+    out = tmp_path / "polygons.gpkg"
+    done = subprocess.run(
+        [sys.executable, "-m", "geoseg", "vectorize", str(spacenet_map), "--model", str(bundle), "--out", str(out),
+         "--min-area", "40", "--progress", "none"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    frame = read_polygons(out)
+    assert set(frame.class_name) == {"bare ground", "roof"}
+    assert (frame.class_id == 1).sum() == 43  # the source project's count at ≥ 40 px
+    assert "dropped" in done.stdout
+
+    again = subprocess.run([sys.executable, "-m", "geoseg", "vectorize", str(spacenet_map), "--out", str(out)],
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 2 and "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_vectorize_command_on_a_missing_class_map_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.tif"
+    done = subprocess.run([sys.executable, "-m", "geoseg", "vectorize", str(missing), "-o", str(tmp_path / "p.gpkg")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("geoseg: error:") and str(missing) in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "p.gpkg").exists()
