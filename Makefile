@@ -2,7 +2,7 @@
 # Both create (or reuse) the Python 3.12 environment first; see tools/venv.sh.
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup demo test test-fast test-qgis plugin lint format bench clean
 
 setup:
 	@bash tools/venv.sh
@@ -14,6 +14,16 @@ test: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory test-qgis
+
+# The QGIS plugin's tests, in QGIS's own Python (Debian's QGIS; installed by tools/qgis-env.sh if missing).
+test-qgis: setup
+	@bash tools/qgis-env.sh
+	QT_QPA_PLATFORM=offscreen .qgis-venv/bin/python -m pytest -c tests/qgis/pytest.ini tests/qgis
+
+# The installable plugin zip: QGIS → Plugins → Manage and Install Plugins → Install from ZIP.
+plugin:
+	python3 tools/build_plugin_zip.py
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"

@@ -9,6 +9,9 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# The QGIS plugin's tests run in QGIS's own Python (`make test-qgis`), not in geoseg's environment.
+collect_ignore = ["qgis"]
+
 # Tests never download: an accidental hub request fails at once instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -1,0 +1,355 @@
+"""The Processing algorithms: each builds a geoseg command line, runs it, and publishes what it wrote.
+
+geoseg writes into a hidden staging folder beside the destination; only a run that finishes moves its
+files to the names the user chose. A cancelled or failed run removes the staging folder, so nothing
+half-written is ever left where a user would look.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import ClassVar
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMapLayer,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+    QgsProcessingParameterVectorLayer,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+)
+
+from .bundle import BundleClass, bundle_classes, bundle_path
+from .runner import GeoSegCancelled, GeoSegFailed, GeoSegNotFound, resolve_command, run_geoseg
+from .settings import executable_setting
+from .styling import ResultStyler, class_map_classes, save_default_style, save_default_vector_style
+
+DEVICES = ["auto", "cpu", "cuda"]
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+CONNECTIVITY = ["4", "8"]
+
+
+class GeoSegAlgorithm(QgsProcessingAlgorithm):
+    """Shared plumbing: run geoseg with progress and cancel, stage outputs, fail with geoseg's message."""
+
+    # Share of the progress bar each geoseg stage fills; stages not listed fill all of it.
+    stage_ranges: ClassVar[dict[str, tuple[float, float]]] = {}
+
+    def createInstance(self) -> GeoSegAlgorithm:
+        return type(self)()
+
+    def tr(self, text: str) -> str:
+        return text
+
+    def run_geoseg(self, args: list[str], feedback: QgsProcessingFeedback) -> None:
+        try:
+            command = resolve_command(executable_setting())
+        except GeoSegNotFound as exc:
+            raise QgsProcessingException(str(exc)) from None
+        feedback.pushCommandInfo(" ".join([*command, *args]))
+        stage_shown: list[str] = []
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if not stage_shown or stage_shown[-1] != stage:
+                stage_shown.append(stage)
+                feedback.setProgressText(f"geoseg: {stage}")
+            start, end = self.stage_ranges.get(stage, (0.0, 100.0))
+            feedback.setProgress(start + (end - start) * done / max(total, 1))
+
+        try:
+            run_geoseg(command, args, on_progress=progress, on_message=feedback.pushConsoleInfo,
+                       is_cancelled=feedback.isCanceled,
+                       on_start=lambda pid: feedback.pushInfo(f"geoseg started (process {pid})"))  # fmt: skip
+        except (GeoSegFailed, GeoSegNotFound, GeoSegCancelled) as exc:
+            raise QgsProcessingException(str(exc)) from None
+
+
+class SegmentRaster(GeoSegAlgorithm):
+    INPUT, MODEL, AOI = "INPUT", "MODEL", "AOI"
+    TILE, OVERLAP, BATCH_SIZE, BLOCK_SIZE = "TILE", "OVERLAP", "BATCH_SIZE", "BLOCK_SIZE"
+    DEVICE, PRECISION, MIN_AREA, SIMPLIFY = "DEVICE", "PRECISION", "MIN_AREA", "SIMPLIFY"
+    OUTPUT, POLYGONS, CONFIDENCE, AREAS = "OUTPUT", "POLYGONS", "CONFIDENCE", "AREAS"
+    stage_ranges: ClassVar[dict[str, tuple[float, float]]] = {"segment": (0.0, 90.0), "polygons": (90.0, 100.0)}
+
+    def name(self) -> str:
+        return "segment"
+
+    def displayName(self) -> str:
+        return "Segment raster"
+
+    def shortHelpString(self) -> str:
+        return (
+            "Runs a geoseg model bundle over a raster layer (an orthomosaic of any size) and loads the class map "
+            "and, if asked, its polygons, coloured and named by the bundle's classes.<br><br>"
+            "<b>Model bundle</b>: the folder written by <i>geoseg train</i>, or the path of a zipped bundle. "
+            "The raster must be a file (GeoTIFF, VRT…) with the bands the bundle was trained on.<br>"
+            "<b>Area of interest</b>: outside it the class map is nodata.<br>"
+            "Tile, overlap and batch size default to the bundle's; the result never depends on block size.<br><br>"
+            "geoseg runs as a separate program (Processing → Options → Providers → geoseg sets which), so QGIS "
+            "stays responsive; Cancel stops it and leaves no output."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster (orthomosaic)"))
+        self.addParameter(_model_parameter(self.MODEL, optional=False))
+        self.addParameter(
+            QgsProcessingParameterVectorLayer(
+                self.AOI, "Area of interest", [QgsProcessing.TypeVectorPolygon], optional=True
+            )
+        )
+        self.addParameter(_integer(self.TILE, "Tile size (px; default: the bundle's)", None, 32))
+        self.addParameter(_integer(self.OVERLAP, "Tile overlap (px; default: the bundle's)", None, 0))
+        self.addParameter(_integer(self.BATCH_SIZE, "Batch size (windows per pass; default: 1 CPU, 8 GPU)", None, 1))
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0))
+        advanced = [
+            QgsProcessingParameterEnum(self.PRECISION, "Precision", PRECISIONS, defaultValue=0),
+            _integer(self.BLOCK_SIZE, "Block size (px; memory per worker)", 1024, 64),
+            _distance(self.MIN_AREA, "Drop polygons smaller than (CRS units², m² if projected)"),
+            _distance(self.SIMPLIFY, "Simplify polygons (tolerance, CRS units)"),
+        ]
+        for parameter in advanced:
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Class map"))
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                self.POLYGONS, "Polygons", QgsProcessing.TypeVectorPolygon, optional=True, createByDefault=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.CONFIDENCE, "Confidence (percent)", optional=True, createByDefault=False
+            )
+        )
+        self.addOutput(QgsProcessingOutputFile(self.AREAS, "Per-class areas (JSON)"))
+
+    def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict:
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        source = _file_source(layer, "Raster")
+        model = bundle_path(self.parameterAsFile(parameters, self.MODEL, context))
+        classes_out = _destination(self.parameterAsOutputLayer(parameters, self.OUTPUT, context), ".tif", "Class map")
+        polygons_out = _destination(self.parameterAsOutputLayer(parameters, self.POLYGONS, context), ".gpkg",
+                                    "Polygons", required=False)  # fmt: skip
+        confidence_out = _destination(self.parameterAsOutputLayer(parameters, self.CONFIDENCE, context), ".tif",
+                                      "Confidence", required=False)  # fmt: skip
+        stem = Path(source).stem
+        with _Staging(classes_out) as staging:
+            args = ["infer", source, "--model", model, "--out-dir", str(staging.folder), "--progress", "json",
+                    "--device", DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+                    "--precision", PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)],
+                    "--block-size", str(self.parameterAsInt(parameters, self.BLOCK_SIZE, context)),
+                    "--min-area", repr(self.parameterAsDouble(parameters, self.MIN_AREA, context)),
+                    "--simplify", repr(self.parameterAsDouble(parameters, self.SIMPLIFY, context))]  # fmt: skip
+            for name, option in ((self.TILE, "--tile"), (self.OVERLAP, "--overlap"), (self.BATCH_SIZE, "--batch-size")):
+                if parameters.get(name) is not None:
+                    args += [option, str(self.parameterAsInt(parameters, name, context))]
+            aoi = self.parameterAsVectorLayer(parameters, self.AOI, context)
+            if aoi is not None:
+                args += ["--aoi", staging.export_polygons(aoi, context)]
+            if not polygons_out:
+                args.append("--no-polygons")
+            if confidence_out:
+                args.append("--confidence")
+            self.run_geoseg(args, feedback)
+            areas_out = str(Path(classes_out).with_name(Path(classes_out).stem + "_areas.json"))
+            staging.publish(f"{stem}_classes.tif", classes_out)
+            staging.publish(f"{stem}_areas.json", areas_out)
+            if polygons_out:
+                staging.publish(f"{stem}_polygons.gpkg", polygons_out)
+            if confidence_out:
+                staging.publish(f"{stem}_confidence.tif", confidence_out)
+
+        classes = bundle_classes(model)
+        save_default_style(classes_out, classes)
+        if polygons_out:
+            save_default_vector_style(polygons_out, classes)
+        ResultStyler.attach(context, classes_out, f"{layer.name()} classes", classes)
+        ResultStyler.attach(context, polygons_out, f"{layer.name()} polygons", classes)
+        ResultStyler.attach(context, confidence_out, f"{layer.name()} confidence", [])
+        return {self.OUTPUT: classes_out, self.POLYGONS: polygons_out or None,
+                self.CONFIDENCE: confidence_out or None, self.AREAS: areas_out}  # fmt: skip
+
+
+class VectorizeClassRaster(GeoSegAlgorithm):
+    INPUT, MODEL, MIN_AREA, SIMPLIFY, CONNECTIVITY, OUTPUT = (
+        "INPUT", "MODEL", "MIN_AREA", "SIMPLIFY", "CONNECTIVITY", "OUTPUT"
+    )  # fmt: skip
+
+    def name(self) -> str:
+        return "vectorize"
+
+    def displayName(self) -> str:
+        return "Vectorize class raster"
+
+    def shortHelpString(self) -> str:
+        return (
+            "Polygons from a class map: one polygon per connected region of a class, with class_id, class_name "
+            "and area (m² in projected CRSs). Simplification keeps borders between classes shared. Class names "
+            "and colours come from the model bundle if given, else from the class map's own table."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Class map"))
+        self.addParameter(_model_parameter(self.MODEL, optional=True))
+        self.addParameter(_distance(self.MIN_AREA, "Drop polygons smaller than (CRS units², m² if projected)"))
+        self.addParameter(_distance(self.SIMPLIFY, "Simplify (tolerance, CRS units)"))
+        connect_by = ["edges (4)", "edges and corners (8)"]  # CONNECTIVITY, in words
+        self.addParameter(QgsProcessingParameterEnum(self.CONNECTIVITY, "Pixels connect by", connect_by, False, 0))
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(self.OUTPUT, "Polygons", QgsProcessing.TypeVectorPolygon)
+        )
+
+    def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict:
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        source = _file_source(layer, "Class map")
+        out = _destination(self.parameterAsOutputLayer(parameters, self.OUTPUT, context), ".gpkg", "Polygons")
+        model_value = self.parameterAsFile(parameters, self.MODEL, context)
+        model = bundle_path(model_value) if model_value else ""
+        with _Staging(out) as staging:
+            connectivity = CONNECTIVITY[self.parameterAsEnum(parameters, self.CONNECTIVITY, context)]
+            args = ["vectorize", source, "--out", str(staging.folder / "polygons.gpkg"), "--progress", "json",
+                    "--min-area", repr(self.parameterAsDouble(parameters, self.MIN_AREA, context)),
+                    "--simplify", repr(self.parameterAsDouble(parameters, self.SIMPLIFY, context)),
+                    "--connectivity", connectivity]  # fmt: skip
+            if model:
+                args += ["--model", model]
+            self.run_geoseg(args, feedback)
+            staging.publish("polygons.gpkg", out)
+        classes = bundle_classes(model) if model else class_map_classes(source)
+        save_default_vector_style(out, classes)
+        ResultStyler.attach(context, out, f"{layer.name()} polygons", classes)
+        return {self.OUTPUT: out}
+
+
+class EvaluateAgainstLabels(GeoSegAlgorithm):
+    PREDICTION, LABELS, LABEL_FIELD, OUTPUT, MIOU = "PREDICTION", "LABELS", "LABEL_FIELD", "OUTPUT", "MIOU"
+
+    def name(self) -> str:
+        return "evaluate"
+
+    def displayName(self) -> str:
+        return "Evaluate against labels"
+
+    def shortHelpString(self) -> str:
+        return (
+            "Scores a class map against reference labels (a raster of class values, or polygons with a class "
+            "field): per-class IoU, F1, precision and recall, and mIoU, counting only pixels labelled in the "
+            "labels and valid in the class map. The table appears in the log; the scores are saved as JSON."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer(self.PREDICTION, "Class map"))
+        self.addParameter(QgsProcessingParameterMapLayer(self.LABELS, "Reference labels (raster or polygons)"))
+        self.addParameter(
+            QgsProcessingParameterString(self.LABEL_FIELD, "Class field (for polygon labels)", optional=True)
+        )
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, "Scores", "JSON files (*.json)"))
+        self.addOutput(QgsProcessingOutputNumber(self.MIOU, "mIoU"))
+
+    def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict:
+        prediction = _file_source(self.parameterAsRasterLayer(parameters, self.PREDICTION, context), "Class map")
+        labels = _file_source(self.parameterAsLayer(parameters, self.LABELS, context), "Reference labels")
+        field = self.parameterAsString(parameters, self.LABEL_FIELD, context).strip()
+        out = _destination(self.parameterAsFileOutput(parameters, self.OUTPUT, context), ".json", "Scores")
+        with _Staging(out) as staging:
+            args = ["evaluate", prediction, labels, "--json", str(staging.folder / "scores.json")]
+            if field:
+                args += ["--label-field", field]
+            self.run_geoseg(args, feedback)
+            staging.publish("scores.json", out)
+        miou = json.loads(Path(out).read_text(encoding="utf-8")).get("miou")
+        feedback.pushInfo(f"mIoU: {miou}")
+        return {self.OUTPUT: out, self.MIOU: miou}
+
+
+def _model_parameter(name: str, optional: bool) -> QgsProcessingParameterFile:
+    # A folder chooser, as bundles are folders; a zipped bundle's path (or the geoseg.json inside a bundle)
+    # is accepted too where the path is typed or comes from a script, a model or qgis_process.
+    return QgsProcessingParameterFile(name, "Model bundle (the folder geoseg train wrote, or a zipped bundle)",
+                                      QgsProcessingParameterFile.Folder, optional=optional)  # fmt: skip
+
+
+def _integer(name: str, label: str, default: int | None, minimum: int) -> QgsProcessingParameterNumber:
+    """An integer option; with no default it is optional and geoseg's own default applies."""
+    return QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Integer, default, default is None,
+                                        minimum)  # fmt: skip
+
+
+def _distance(name: str, label: str) -> QgsProcessingParameterNumber:
+    return QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Double, 0.0, False, 0.0)
+
+
+def _file_source(layer, what: str) -> str:
+    """The file behind a layer; geoseg reads files, not QGIS's in-memory or web layers."""
+    if layer is None:
+        raise QgsProcessingException(f"{what}: no layer given")
+    path = layer.source().split("|")[0]
+    if not os.path.isfile(path):
+        raise QgsProcessingException(
+            f"{what}: layer '{layer.name()}' is not a file geoseg can read ({layer.source()[:120]}); "
+            "save it as a GeoTIFF or GeoPackage first"
+        )
+    return path
+
+
+def _destination(path: str, extension: str, what: str, required: bool = True) -> str:
+    if not path:
+        if required:
+            raise QgsProcessingException(f"{what}: choose a file to write")
+        return ""
+    if Path(path).suffix.lower() not in {extension, ".tiff" if extension == ".tif" else extension}:
+        raise QgsProcessingException(f"{what}: geoseg writes {extension} files; choose a name ending in {extension}")
+    return path
+
+
+class _Staging:
+    """A hidden folder beside a destination, removed whatever happens; ``publish`` moves a finished file out."""
+
+    def __init__(self, destination: str) -> None:
+        parent = Path(destination).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=".geoseg-", dir=parent))
+
+    def __enter__(self) -> _Staging:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def publish(self, name: str, destination: str) -> None:
+        staged = self.folder / name
+        if not staged.is_file():
+            raise QgsProcessingException(f"geoseg finished but wrote no {name}")
+        os.replace(staged, destination)  # same folder tree: atomic, never a half-written destination
+
+    def export_polygons(self, layer: QgsVectorLayer, context: QgsProcessingContext) -> str:
+        """Any polygon layer (memory, database, a selection) as a GeoPackage geoseg can read."""
+        path = str(self.folder / "aoi.gpkg")
+        options = QgsVectorFileWriter.SaveVectorOptions()
+        options.driverName = "GPKG"
+        error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(layer, path, context.transformContext(), options)
+        if error != QgsVectorFileWriter.NoError:
+            raise QgsProcessingException(f"Area of interest: could not be exported ({message})")
+        return path
+
+
+ALGORITHMS: list[type[GeoSegAlgorithm]] = [SegmentRaster, VectorizeClassRaster, EvaluateAgainstLabels]
+__all__ = ["ALGORITHMS", "BundleClass"]

@@ -1,0 +1,224 @@
+"""The Processing algorithms on real GeoTIFFs, with geoseg really running as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import processing
+import pytest
+from qgis.core import (
+    QgsFeature,
+    QgsGeometry,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+
+from conftest import leftovers, shared_data
+
+NODATA = 255
+
+
+class RecordingFeedback(QgsProcessingFeedback):
+    """Keeps what the algorithm reported, as the Processing dialog's log would show it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.infos: list[str] = []
+        self.progress_values: list[float] = []
+        self.progressChanged.connect(self.progress_values.append)
+
+    def pushInfo(self, info: str) -> None:
+        self.infos.append(info)
+        super().pushInfo(info)
+
+
+class CancelAtFirstProgress(RecordingFeedback):
+    """Presses Cancel as soon as geoseg reports its first progress line, as a user would mid-run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progressChanged.connect(lambda _: self.cancel())
+
+
+@pytest.fixture(scope="module")
+def mosaic() -> Path:
+    return shared_data("building_tiles", "tiled_image_1.tif")
+
+
+@pytest.fixture(scope="module")
+def segmented(provider, bundle: Path, mosaic: Path, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("segment")
+    feedback = RecordingFeedback()
+    results = processing.run(
+        "geoseg:segment",
+        {"INPUT": str(mosaic), "MODEL": str(bundle / "geoseg.json"), "OUTPUT": str(out / "classes.tif"),
+         "POLYGONS": str(out / "polygons.gpkg"), "CONFIDENCE": str(out / "confidence.tif")},
+        feedback=feedback,
+    )  # fmt: skip
+    return {"results": results, "folder": out, "feedback": feedback}
+
+
+def test_segment_writes_a_class_raster_on_the_input_grid_with_the_bundles_palette(segmented, mosaic: Path) -> None:
+    source = QgsRasterLayer(str(mosaic), "mosaic")
+    classes = QgsRasterLayer(segmented["results"]["OUTPUT"], "classes")
+    assert classes.isValid()
+    assert (classes.width(), classes.height()) == (source.width(), source.height())
+    assert classes.extent() == source.extent()
+    assert classes.crs() == source.crs()
+    assert classes.renderer().type() == "paletted"
+    palette = {c.value: (c.label, c.color.name()) for c in classes.renderer().classes()}
+    assert palette == {0: ("background", "#d2b48c"), 1: ("building", "#b22222")}
+    stats = classes.dataProvider().bandStatistics(1)
+    assert stats.minimumValue >= 0 and stats.maximumValue <= 1
+    confidence = QgsRasterLayer(segmented["results"]["CONFIDENCE"], "confidence")
+    assert (confidence.width(), confidence.height()) == (source.width(), source.height())
+    del source, classes, confidence
+
+
+def test_segment_writes_polygons_in_the_input_crs_styled_by_class(segmented, mosaic: Path) -> None:
+    source = QgsRasterLayer(str(mosaic), "mosaic")
+    polygons = QgsVectorLayer(segmented["results"]["POLYGONS"], "polygons", "ogr")
+    assert polygons.isValid() and polygons.featureCount() > 0
+    assert polygons.crs() == source.crs()
+    assert {"class_id", "class_name", "area"} <= set(polygons.fields().names())
+    assert {f["class_name"] for f in polygons.getFeatures()} <= {"background", "building"}
+    assert polygons.renderer().type() == "categorizedSymbol"  # the GeoPackage's default style
+    assert {c.label() for c in polygons.renderer().categories()} == {"background", "building"}
+    areas = json.loads(Path(segmented["results"]["AREAS"]).read_text())
+    assert areas, "the per-class areas JSON is empty"
+    assert leftovers(segmented["folder"]) == []
+    del source, polygons
+
+
+def test_segment_drives_the_progress_bar_from_geosegs_json_lines(segmented) -> None:
+    values = segmented["feedback"].progress_values
+    assert values and values[-1] == pytest.approx(100.0)
+    assert values == sorted(values), "progress went backwards"
+    started = [i for i in segmented["feedback"].infos if i.startswith("geoseg started")]
+    assert started, segmented["feedback"].infos
+
+
+def test_results_load_as_layers_named_after_the_input(provider, bundle: Path, mosaic: Path, tmp_path: Path) -> None:
+    project = QgsProject.instance()
+    try:
+        processing.runAndLoadResults(
+            "geoseg:segment",
+            {"INPUT": str(mosaic), "MODEL": str(bundle), "OUTPUT": str(tmp_path / "c.tif"),
+             "POLYGONS": str(tmp_path / "p.gpkg")},
+        )  # fmt: skip
+        [classes] = project.mapLayersByName(f"{mosaic.stem} classes")
+        [polygons] = project.mapLayersByName(f"{mosaic.stem} polygons")
+        assert classes.renderer().type() == "paletted"
+        assert [c.label for c in classes.renderer().classes()] == ["background", "building"]
+        assert polygons.renderer().type() == "categorizedSymbol"
+        del classes, polygons
+    finally:
+        project.removeAllMapLayers()
+
+
+def test_area_of_interest_from_a_memory_layer_limits_the_class_map(provider, bundle, mosaic, tmp_path) -> None:
+    source = QgsRasterLayer(str(mosaic), "mosaic")
+    extent = source.extent()
+    west_half = QgsRectangle(extent.xMinimum(), extent.yMinimum(), extent.center().x(), extent.yMaximum())
+    aoi = QgsVectorLayer(f"Polygon?crs={source.crs().authid()}", "aoi", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(west_half))
+    aoi.dataProvider().addFeatures([feature])
+    results = processing.run(
+        "geoseg:segment",
+        {"INPUT": str(mosaic), "MODEL": str(bundle), "AOI": aoi, "OUTPUT": str(tmp_path / "c.tif"), "POLYGONS": None},
+    )  # fmt: skip
+    classes = QgsRasterLayer(results["OUTPUT"], "classes")
+    block = classes.dataProvider().block(1, extent, classes.width(), classes.height())
+    width = classes.width()
+    east = [block.value(row, col) for row in range(0, classes.height(), 16) for col in range(width // 2 + 2, width, 16)]
+    west = [block.value(row, col) for row in range(0, classes.height(), 16) for col in range(0, width // 2 - 2, 16)]
+    assert all(block.isNoData(row, col) for row in range(0, classes.height(), 16)
+               for col in range(width // 2 + 2, width, 16)), east[:10]  # fmt: skip
+    assert all(v in (0, 1) for v in west)
+    assert not (tmp_path / "p.gpkg").exists()
+    del source, aoi, classes, block
+
+
+def test_cancel_stops_geoseg_and_leaves_no_output(provider, bundle: Path, mosaic: Path, tmp_path: Path) -> None:
+    feedback = CancelAtFirstProgress()
+    with pytest.raises(QgsProcessingException, match="cancelled"):
+        processing.run(
+            "geoseg:segment",
+            {"INPUT": str(mosaic), "MODEL": str(bundle), "BLOCK_SIZE": 64, "OUTPUT": str(tmp_path / "c.tif"),
+             "POLYGONS": str(tmp_path / "p.gpkg")},
+            feedback=feedback,
+        )  # fmt: skip
+    assert feedback.progress_values, "cancelled before geoseg reported any progress"
+    assert feedback.progress_values[-1] < 90, "geoseg had already finished the class map"
+    [pid] = [int(m.group(1)) for i in feedback.infos if (m := re.search(r"process (\d+)", i))]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # geoseg is gone, not left running in the background
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_wrong_bundle_shows_geosegs_one_line_error(provider, mosaic: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_bundle"
+    out = str(tmp_path / "c.tif")
+    with pytest.raises(QgsProcessingException) as failure:
+        processing.run("geoseg:segment", {"INPUT": str(mosaic), "MODEL": str(missing), "OUTPUT": out})
+    message = str(failure.value)
+    assert message.startswith("geoseg: error:") and str(missing) in message and "bundle" in message
+    assert "\n" not in message and "Traceback" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_bundle_for_other_bands_is_refused_readably(provider, bundle: Path, tmp_path: Path) -> None:
+    single_band = shared_data("spacenet_atlanta", "sample_geotiff.tif")
+    with pytest.raises(QgsProcessingException, match=r"^geoseg: error: .*band"):
+        processing.run("geoseg:segment", {"INPUT": str(single_band), "MODEL": str(bundle),
+                                          "OUTPUT": str(tmp_path / "c.tif")})  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_vectorize_class_raster_uses_the_class_maps_own_names(segmented, provider, tmp_path: Path) -> None:
+    results = processing.run(
+        "geoseg:vectorize",
+        {"INPUT": segmented["results"]["OUTPUT"], "MIN_AREA": 1.0, "OUTPUT": str(tmp_path / "v.gpkg")},
+    )
+    polygons = QgsVectorLayer(results["OUTPUT"], "v", "ogr")
+    original = QgsVectorLayer(segmented["results"]["POLYGONS"], "p", "ogr")
+    assert 0 < polygons.featureCount() < original.featureCount()  # small regions dropped
+    assert min(f["area"] for f in polygons.getFeatures()) >= 1.0
+    assert polygons.crs() == original.crs()
+    assert {c.label() for c in polygons.renderer().categories()} <= {"background", "building"}
+    del polygons, original
+
+
+def test_evaluate_against_a_label_raster_reports_miou(segmented, provider, tmp_path: Path) -> None:
+    labels = shared_data("building_tiles", "tiled_label_1.tif")
+    results = processing.run(
+        "geoseg:evaluate",
+        {"PREDICTION": segmented["results"]["OUTPUT"], "LABELS": str(labels), "OUTPUT": str(tmp_path / "s.json")},
+    )
+    scores = json.loads(Path(results["OUTPUT"]).read_text())
+    assert results["MIOU"] == pytest.approx(scores["miou"])
+    assert 0.0 <= scores["miou"] <= 1.0
+    assert {c["class_id"] for c in scores["per_class"]} >= {1}
+
+
+def test_executable_setting_that_cannot_run_says_where_to_fix_it(provider, bundle, mosaic, tmp_path) -> None:
+    from processing.core.ProcessingConfig import ProcessingConfig
+
+    not_a_program = tmp_path / "geoseg"
+    not_a_program.write_text("not a program")  # e.g. a deleted environment's leftover
+    ProcessingConfig.setSettingValue("GEOSEG_EXECUTABLE", str(not_a_program))
+    try:
+        with pytest.raises(QgsProcessingException, match=r"cannot run.*Providers → geoseg"):
+            processing.run("geoseg:segment", {"INPUT": str(mosaic), "MODEL": str(bundle),
+                                              "OUTPUT": str(tmp_path / "c.tif")})  # fmt: skip
+    finally:
+        ProcessingConfig.setSettingValue("GEOSEG_EXECUTABLE", "")
+    assert not (tmp_path / "c.tif").exists()
