@@ -17,9 +17,9 @@ if [ ! -x /usr/bin/qgis_process.bin ] || ! /usr/bin/python3 -c "import qgis.core
   fi
   echo "Installing Debian's QGIS (${packages[*]}); first time only"
   export DEBIAN_FRONTEND=noninteractive
-  if ! "${sudo[@]}" apt-get install -y -q --no-install-recommends "${packages[@]}" >/dev/null; then
+  if ! "${sudo[@]}" apt-get install -y -q "${packages[@]}" >/dev/null; then
     "${sudo[@]}" apt-get update -q >/dev/null
-    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${packages[@]}" >/dev/null
+    "${sudo[@]}" apt-get install -y -q "${packages[@]}" >/dev/null
   fi
 fi
 requirements="pytest-qgis==5.0.2 numpy<2 pytest>=8"
