@@ -26,7 +26,9 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMapLayer,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
@@ -280,6 +282,116 @@ class EvaluateAgainstLabels(GeoSegAlgorithm):
         return {self.OUTPUT: out, self.MIOU: miou}
 
 
+class TrainFromLayers(GeoSegAlgorithm):
+    IMAGES, LABELS, LABEL_FIELD, CLASSES = "IMAGES", "LABELS", "LABEL_FIELD", "CLASSES"
+    ENCODER, WEIGHTS, WEIGHTS_FILE, DEVICE = "ENCODER", "WEIGHTS", "WEIGHTS_FILE", "DEVICE"
+    TILE_SIZE, BATCH_SIZE, EPOCHS, MAX_STEPS, OUTPUT = "TILE_SIZE", "BATCH_SIZE", "EPOCHS", "MAX_STEPS", "OUTPUT"
+    WEIGHT_CHOICES: ClassVar[list[str]] = ["ImageNet (downloaded once, then cached)", "none (train from scratch)"]
+
+    def name(self) -> str:
+        return "train"
+
+    def displayName(self) -> str:
+        return "Train from layers"
+
+    def shortHelpString(self) -> str:
+        return (
+            "Trains a U-Net on orthomosaic layers and a label layer (polygons with a class field, or a raster of "
+            "class values) and writes a model bundle folder for Segment raster. The training config geoseg used "
+            "is saved in the bundle (train_config.yaml), so the run can be repeated with <i>geoseg train</i>; "
+            "checkpoints and the metrics log go to <i>bundle</i>.train."
+            "<br><br><b>Classes</b>: label value = name, one per line or comma separated (e.g. "
+            "<i>1=bare soil, 2=crust</i>); other values are ignored. Left empty with polygon labels, every value "
+            "of the class field becomes a class. Training can take hours on a CPU: <i>Maximum steps</i> makes a "
+            "quick trial."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterMultipleLayers(self.IMAGES, "Orthomosaics", QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterMapLayer(self.LABELS, "Labels (polygons or a raster)"))
+        self.addParameter(
+            QgsProcessingParameterString(self.LABEL_FIELD, "Class field (for polygon labels)", optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterString(self.CLASSES, "Classes (value=name, …)", multiLine=True, optional=True)
+        )
+        self.addParameter(QgsProcessingParameterString(self.ENCODER, "Encoder", defaultValue="resnet34"))
+        self.addParameter(QgsProcessingParameterEnum(self.WEIGHTS, "Encoder weights", self.WEIGHT_CHOICES, False, 0))
+        self.addParameter(
+            QgsProcessingParameterFile(self.WEIGHTS_FILE, "Encoder weights file (instead; offline use)", optional=True)
+        )
+        self.addParameter(_integer(self.TILE_SIZE, "Tile size (px)", 512, 32))
+        self.addParameter(_integer(self.BATCH_SIZE, "Batch size", 8, 1))
+        self.addParameter(_integer(self.EPOCHS, "Epochs", 100, 1))
+        self.addParameter(_integer(self.MAX_STEPS, "Maximum steps (a quick trial)", None, 1))
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Model bundle"))
+
+    def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict:
+        images = [_file_source(layer, "Orthomosaics") for layer in
+                  self.parameterAsLayerList(parameters, self.IMAGES, context)]  # fmt: skip
+        if not images:
+            raise QgsProcessingException("Orthomosaics: choose at least one raster layer")
+        labels_layer = self.parameterAsLayer(parameters, self.LABELS, context)
+        labels = _file_source(labels_layer, "Labels")
+        field = self.parameterAsString(parameters, self.LABEL_FIELD, context).strip()
+        classes = parse_classes(self.parameterAsString(parameters, self.CLASSES, context))
+        if not classes:
+            classes = _field_values(labels_layer, field)
+        out = os.path.normpath(self.parameterAsString(parameters, self.OUTPUT, context))
+        if os.path.isdir(out) and os.listdir(out):
+            raise QgsProcessingException(f"Model bundle: {out} is not empty; choose a new or empty folder")
+        weights_file = self.parameterAsFile(parameters, self.WEIGHTS_FILE, context)
+        weights = weights_file or ("imagenet" if self.parameterAsEnum(parameters, self.WEIGHTS, context) == 0 else None)
+        data = {"images": images, "labels": labels, "classes": classes}
+        if field:
+            data["label_field"] = field
+        config = {
+            "data": data,
+            "model": {"encoder": self.parameterAsString(parameters, self.ENCODER, context).strip(), "weights": weights},
+            "train": {"tile_size": self.parameterAsInt(parameters, self.TILE_SIZE, context),
+                      "batch_size": self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+                      "epochs": self.parameterAsInt(parameters, self.EPOCHS, context)},
+        }  # fmt: skip
+        with _Staging(out) as staging:
+            config_path = staging.folder / "train_config.yaml"
+            config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")  # JSON is YAML
+            args = ["train", str(config_path), "--out", str(staging.folder / "bundle"), "--progress", "json",
+                    "--device", DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]]  # fmt: skip
+            if parameters.get(self.MAX_STEPS) is not None:
+                args += ["--max-steps", str(self.parameterAsInt(parameters, self.MAX_STEPS, context))]
+            self.run_geoseg(args, feedback)
+            staging.publish_folder("bundle", out)
+            staging.publish("train_config.yaml", os.path.join(out, "train_config.yaml"))
+            if (staging.folder / "bundle.train").is_dir() and not os.path.exists(f"{out}.train"):
+                staging.publish_folder("bundle.train", f"{out}.train")  # checkpoints and the metrics log
+        return {self.OUTPUT: out}
+
+
+def parse_classes(text: str) -> dict[str, str]:
+    """``1=bare soil, 2=crust`` (or one ``value: name`` a line) as the config's value -> name mapping."""
+    classes: dict[str, str] = {}
+    for item in (part.strip() for part in text.replace("\n", ",").split(",")):
+        if not item:
+            continue
+        value, separator, name = item.partition("=") if "=" in item else item.partition(":")
+        if not separator or not value.strip() or not name.strip():
+            raise QgsProcessingException(f"Classes: '{item}' is not value=name (e.g. 1=bare soil, 2=crust)")
+        classes[value.strip()] = name.strip()
+    return classes
+
+
+def _field_values(layer, field: str) -> dict[str, str]:
+    """Every value of the polygon labels' class field as a class named after itself."""
+    if not isinstance(layer, QgsVectorLayer) or not field:
+        raise QgsProcessingException("Classes: list the label values and names, e.g. 0=background, 1=building")
+    index = layer.fields().indexOf(field)
+    if index < 0:
+        raise QgsProcessingException(f"Class field: '{field}' is not a field of {layer.name()}")
+    values = sorted(str(v) for v in layer.uniqueValues(index) if v is not None and str(v) != "NULL")
+    return {value: value for value in values}
+
+
 def _model_parameter(name: str, optional: bool) -> QgsProcessingParameterFile:
     # A folder chooser, as bundles are folders; a zipped bundle's path (or the geoseg.json inside a bundle)
     # is accepted too where the path is typed or comes from a script, a model or qgis_process.
@@ -340,6 +452,14 @@ class _Staging:
             raise QgsProcessingException(f"geoseg finished but wrote no {name}")
         os.replace(staged, destination)  # same folder tree: atomic, never a half-written destination
 
+    def publish_folder(self, name: str, destination: str) -> None:
+        staged = self.folder / name
+        if not staged.is_dir():
+            raise QgsProcessingException(f"geoseg finished but wrote no {name}")
+        if os.path.isdir(destination):
+            os.rmdir(destination)  # empty (checked before the run); a rename cannot replace a folder elsewhere
+        os.replace(staged, destination)
+
     def export_polygons(self, layer: QgsVectorLayer, context: QgsProcessingContext) -> str:
         """Any polygon layer (memory, database, a selection) as a GeoPackage geoseg can read."""
         path = str(self.folder / "aoi.gpkg")
@@ -351,5 +471,5 @@ class _Staging:
         return path
 
 
-ALGORITHMS: list[type[GeoSegAlgorithm]] = [SegmentRaster, VectorizeClassRaster, EvaluateAgainstLabels]
+ALGORITHMS: list[type[GeoSegAlgorithm]] = [SegmentRaster, VectorizeClassRaster, EvaluateAgainstLabels, TrainFromLayers]
 __all__ = ["ALGORITHMS", "BundleClass"]

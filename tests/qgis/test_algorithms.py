@@ -222,3 +222,42 @@ def test_executable_setting_that_cannot_run_says_where_to_fix_it(provider, bundl
     finally:
         ProcessingConfig.setSettingValue("GEOSEG_EXECUTABLE", "")
     assert not (tmp_path / "c.tif").exists()
+
+
+def test_train_from_layers_writes_a_bundle_that_segment_raster_uses(provider, mosaic: Path, tmp_path: Path) -> None:
+    labels = shared_data("building_tiles", "tiled_label_1.tif")
+    out = tmp_path / "model"
+    feedback = RecordingFeedback()
+    results = processing.run(
+        "geoseg:train",
+        {"IMAGES": [str(mosaic)], "LABELS": str(labels), "CLASSES": "0=background\n1=building",
+         "ENCODER": "resnet18", "WEIGHTS": 1, "TILE_SIZE": 128, "BATCH_SIZE": 2, "EPOCHS": 1, "MAX_STEPS": 2,
+         "DEVICE": 1, "OUTPUT": str(out)},
+        feedback=feedback,
+    )  # fmt: skip
+    assert Path(results["OUTPUT"]) == out
+    meta = json.loads((out / "geoseg.json").read_text())
+    assert [(c["id"], c["name"]) for c in meta["classes"]] == [(0, "background"), (1, "building")]
+    assert meta["tile_size"] == 128
+    config = json.loads((out / "train_config.yaml").read_text())
+    assert config["data"]["labels"] == str(labels) and config["model"]["weights"] is None
+    assert (tmp_path / "model.train").is_dir()
+    assert feedback.progress_values and feedback.progress_values[-1] == pytest.approx(100.0)
+    assert leftovers(tmp_path) == []
+
+    segmented = processing.run(
+        "geoseg:segment", {"INPUT": str(mosaic), "MODEL": str(out), "OUTPUT": str(tmp_path / "c.tif"), "POLYGONS": None}
+    )
+    classes = QgsRasterLayer(segmented["OUTPUT"], "classes")
+    assert [c.label for c in classes.renderer().classes()] == ["background", "building"]
+    del classes
+
+
+def test_train_needs_classes_for_raster_labels(provider, mosaic: Path, tmp_path: Path) -> None:
+    labels = shared_data("building_tiles", "tiled_label_1.tif")
+    with pytest.raises(QgsProcessingException, match="Classes: list the label values"):
+        processing.run("geoseg:train", {"IMAGES": [str(mosaic)], "LABELS": str(labels), "OUTPUT": str(tmp_path / "m")})
+    with pytest.raises(QgsProcessingException, match="'background' is not value=name"):
+        processing.run("geoseg:train", {"IMAGES": [str(mosaic)], "LABELS": str(labels), "CLASSES": "background",
+                                        "OUTPUT": str(tmp_path / "m")})  # fmt: skip
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
