@@ -108,11 +108,12 @@ def test_segment_drives_the_progress_bar_from_geosegs_json_lines(segmented) -> N
 def test_results_load_as_layers_named_after_the_input(provider, bundle: Path, mosaic: Path, tmp_path: Path) -> None:
     project = QgsProject.instance()
     try:
-        processing.runAndLoadResults(
+        # Temporary outputs: the Processing dialog's default
+        results = processing.runAndLoadResults(
             "geoseg:segment",
-            {"INPUT": str(mosaic), "MODEL": str(bundle), "OUTPUT": str(tmp_path / "c.tif"),
-             "POLYGONS": str(tmp_path / "p.gpkg")},
-        )  # fmt: skip
+            {"INPUT": str(mosaic), "MODEL": str(bundle), "OUTPUT": "TEMPORARY_OUTPUT", "POLYGONS": "TEMPORARY_OUTPUT"},
+        )
+        assert results["OUTPUT"].endswith(".tif") and results["POLYGONS"].endswith(".gpkg")
         [classes] = project.mapLayersByName(f"{mosaic.stem} classes")
         [polygons] = project.mapLayersByName(f"{mosaic.stem} polygons")
         assert classes.renderer().type() == "paletted"
