@@ -119,7 +119,7 @@ class SegmentRaster(GeoSegAlgorithm):
         )
         self.addParameter(_integer(self.TILE, "Tile size (px; default: the bundle's)", None, 32))
         self.addParameter(_integer(self.OVERLAP, "Tile overlap (px; default: the bundle's)", None, 0))
-        self.addParameter(_integer(self.BATCH_SIZE, "Batch size (windows per pass; default: 1 CPU, 8 GPU)", None, 1))
+        self.addParameter(_integer(self.BATCH_SIZE, "Batch size (default: 1 on CPU, 8 on GPU)", None, 1))
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0))
         advanced = [
             QgsProcessingParameterEnum(self.PRECISION, "Precision", PRECISIONS, defaultValue=0),
@@ -395,7 +395,7 @@ def _field_values(layer, field: str) -> dict[str, str]:
 def _model_parameter(name: str, optional: bool) -> QgsProcessingParameterFile:
     # A folder chooser, as bundles are folders; a zipped bundle's path (or the geoseg.json inside a bundle)
     # is accepted too where the path is typed or comes from a script, a model or qgis_process.
-    return QgsProcessingParameterFile(name, "Model bundle (the folder geoseg train wrote, or a zipped bundle)",
+    return QgsProcessingParameterFile(name, "Model bundle (a geoseg train folder, or .zip)",
                                       QgsProcessingParameterFile.Folder, optional=optional)  # fmt: skip
 
 
