@@ -36,7 +36,14 @@ from geoseg.errors import GeoSegError, InputError, OutputExistsError
 from geoseg.infer.assemble import block_layout
 from geoseg.infer.outputs import OutputPaths, finish_outputs
 from geoseg.infer.parallel import BlockJob, run_block
-from geoseg.infer.run import InferOptions, MosaicWriter, check_output_folder, plan_mosaic, window_settings
+from geoseg.infer.run import (
+    InferOptions,
+    MosaicWriter,
+    check_output_folder,
+    plan_mosaic,
+    resolve_precision,
+    window_settings,
+)
 from geoseg.io.raster import first_line, read_info
 from geoseg.model.bundle import Bundle, load_bundle
 from geoseg.progress import Progress
@@ -92,8 +99,11 @@ def run_batch(
     reporter = progress or Progress()
     mosaics = expand_inputs(inputs)
     model = load_bundle(bundle)  # a bundle that cannot load stops the batch here, in one line
-    manifest = Manifest.load(out_dir, str(bundle.absolute()), bundle_sha256(bundle))
     device = resolve_device(options.infer.device)
+    # Settings wrong for every mosaic stop the batch before it starts (exit 2), not each mosaic (exit 3).
+    window_settings(options.infer, model.meta)
+    resolve_precision(options.infer.precision, device)
+    manifest = Manifest.load(out_dir, str(bundle.absolute()), bundle_sha256(bundle))
     names = output_stems(mosaics)
     batch = _Batch(model, out_dir, options, manifest, device, reporter)
     todo, skipped = batch.select(mosaics, names)

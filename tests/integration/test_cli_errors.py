@@ -25,7 +25,7 @@ import torch
 import yaml
 from rasterio.errors import NotGeoreferencedWarning
 
-from tests.conftest import shared_data
+from tests.conftest import make_random_bundle, shared_data
 
 ROOT = Path(__file__).resolve().parents[2]
 NB_IMAGE = ("new_brunswick", "23322E759967N_clipped_1m_1of2.tif")
@@ -326,3 +326,16 @@ def test_evaluate_existing_json_without_overwrite(tmp_path: Path) -> None:
     )
     assert_refused(result, scores, ("--overwrite",), before, snapshot(tmp_path))
     assert scores.read_text() == '{"miou": 0.5}\n'
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "hint"), [("--overlap", "500", "less than the tile"), ("--precision", "half", "one of")]
+)
+def test_batch_settings_wrong_for_every_mosaic_stop_it_before_it_starts(
+    tmp_path: Path, option: str, value: str, hint: str
+) -> None:
+    bundle = make_random_bundle(tmp_path / "bundle", [1, 2, 3], n_classes=2, tile=128, overlap=16)
+    mosaic = shared_data(*NB_IMAGE)
+    before = snapshot(tmp_path)
+    result = run_cli(tmp_path, "batch", mosaic, "--model", bundle, "--out-dir", tmp_path / "survey", option, value)
+    assert_refused(result, option, (hint,), before, snapshot(tmp_path))
