@@ -31,6 +31,33 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
+class Remedy(StrEnum):
+    none = "none"
+    mosaic_stats = "mosaic-stats"
+    histogram = "histogram"
+
+
+REMEDY_HELP = (
+    "Map each band of the mosaic onto the training data before normalizing, for imagery from another "
+    "camera, season or light (see `geoseg drift`). mosaic-stats: per-mosaic normalization, the mosaic's own "
+    "mean and spread onto training's (exposure, white balance, contrast). histogram: histogram matching to "
+    "the training histograms (also tone curves; but it also evens out real differences in scene content). "
+    "Recorded in the outputs' GEOSEG_INPUT tag."
+)
+RemedyOption = Annotated[Remedy, typer.Option("--remedy", help=REMEDY_HELP)]
+MatchStatsOption = Annotated[
+    bool, typer.Option("--match-stats", hidden=True, help="The old name of --remedy mosaic-stats.")
+]
+
+
+def chosen_remedy(remedy: Remedy, match_stats: bool) -> str:
+    from geoseg.errors import ConfigError
+
+    if match_stats and remedy not in (Remedy.none, Remedy.mosaic_stats):
+        raise ConfigError(f"--match-stats is --remedy mosaic-stats; it cannot be combined with --remedy {remedy}")
+    return Remedy.mosaic_stats.value if match_stats else remedy.value
+
+
 ProgressOption = Annotated[
     ProgressMode,
     typer.Option(
@@ -172,15 +199,8 @@ def infer(
         float,
         typer.Option(min=0, help="Simplify polygons with this tolerance (CRS units); shared borders stay shared."),
     ] = 0.0,
-    match_stats: Annotated[
-        bool,
-        typer.Option(
-            "--match-stats",
-            help="Map each band onto the training data's mean "
-            "and spread before normalizing: a cheap remedy when the drift check "
-            "warns (another camera, season or light).",
-        ),
-    ] = False,
+    remedy: RemedyOption = Remedy.none,
+    match_stats: MatchStatsOption = False,
     no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip the GeoPackage.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     progress: ProgressOption = ProgressMode.bar,
@@ -203,7 +223,7 @@ def infer(
     options = InferOptions(tile=tile, overlap=overlap, block_size=block_size, batch_size=batch_size,
                            workers=workers or default_workers(), scheduler=scheduler, device=device.value,
                            precision=precision, aoi=aoi, confidence=confidence,
-                           match_stats=match_stats)  # fmt: skip
+                           remedy=chosen_remedy(remedy, match_stats))  # fmt: skip
     result = segment_mosaic(mosaic, model, paths.classes, options, overwrite=overwrite,
                             confidence_path=paths.confidence, progress=reporter)  # fmt: skip
     if result.drift is not None:
@@ -220,6 +240,80 @@ def infer(
         reporter.message(f"polygons: {paths.polygons} ({finished.polygons:,})")
     reporter.message(areas_table(finished.areas))
     reporter.message(f"areas: {paths.areas}")
+
+
+@app.command()
+def drift(
+    mosaic: Annotated[Path, typer.Argument(help="Orthomosaic to check (GeoTIFF, COG or VRT), any size.")],
+    model: Annotated[Path, typer.Option("--model", help="Model bundle folder (or .zip) from `geoseg train`.")],
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Write the details here: per band the distances, means, spreads and both "
+            "histograms; the low-confidence share; the verdict.",
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG of each band's training and mosaic histograms here.")
+    ] = None,
+    remedy: Annotated[
+        Remedy,
+        typer.Option(
+            "--remedy",
+            help="Measure the model's confidence on the mosaic as `geoseg infer --remedy` "
+            "would feed it, to see whether a remedy helps. The band distances are the mosaic's as it is.",
+        ),
+    ] = Remedy.none,
+    threshold: Annotated[
+        float,
+        typer.Option(
+            "--threshold",
+            min=0.0,
+            max=1.0,
+            help="A pixel is low-confidence when its top class probability is below this.",
+        ),
+    ] = 0.5,
+    no_model: Annotated[
+        bool, typer.Option("--no-model", help="Compare the bands only; do not run the model on sample windows.")
+    ] = False,
+    device: Annotated[Device, typer.Option(help="auto uses a CUDA GPU when one is visible.")] = Device.auto,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing --json and --plot files.")] = False,
+) -> None:
+    """Is this mosaic out of the model's training distribution? One verdict line, details on request.
+
+    Each band is compared with the bundle's training histogram: the Wasserstein-1 distance (how far, on
+    average, pixel values must move to turn one distribution into the other) in training standard
+    deviations, the mean shift and the spread ratio, from a decimated read (seconds on any mosaic). The
+    model also runs on a sample of windows (at most ~4 Mpx) to measure the share of low-confidence
+    pixels. Drift is reported beyond 1.0 sd or a spread ×1.5 (×1/1.5), or when the model is unsure on
+    15 points more of the pixels than on its training imagery (bundles trained by this version record
+    that share). For scale: two neighbouring aerial tiles from one survey lie 0.8 sd apart, mostly from
+    different land cover. Bundles without histograms are compared by mean and spread. Exit code 0
+    whatever the verdict; the JSON's "drifted" says it for scripts.
+    """
+    from geoseg.device import resolve_device
+    from geoseg.drift.check import check_drift
+    from geoseg.io.raster import ensure_writable, read_info
+    from geoseg.model.bundle import load_bundle
+
+    for path in (json_out, plot):
+        if path is not None:
+            ensure_writable(path, overwrite)
+    read_info(mosaic)  # a wrong path fails before the model loads
+    bundle = load_bundle(model, device=resolve_device(device.value))
+    report = check_drift(mosaic, bundle, remedy=remedy.value, threshold=threshold, run_model=not no_model)
+    typer.echo(report.verdict())
+    if json_out is not None:
+        document = {"mosaic": str(mosaic), "bundle": str(model), "remedy": remedy.value, **report.to_json()}
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(document, indent=2) + "\n")
+        typer.echo(f"details: {json_out}")
+    if plot is not None:
+        from geoseg.drift.plot import write_drift_plot
+
+        write_drift_plot(report, plot, f"{mosaic.name} against {model.name}")
+        typer.echo(f"plot: {plot}")
 
 
 @app.command(
@@ -294,9 +388,8 @@ def batch(
             help="Also write survey_polygons.gpkg: every mosaic's polygons with a `mosaic` field (CRS of the first).",
         ),
     ] = False,
-    match_stats: Annotated[
-        bool, typer.Option("--match-stats", help="Normalize each mosaic onto the training statistics.")
-    ] = False,
+    remedy: RemedyOption = Remedy.none,
+    match_stats: MatchStatsOption = False,
     tls_ca_file: Annotated[Path | None, typer.Option("--tls-ca-file", help="CA certificate of a TLS cluster.")] = None,
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="Client certificate for a TLS cluster.")] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Client private key for a TLS cluster.")] = None,
@@ -320,7 +413,7 @@ def batch(
         raise ConfigError("--resume keeps finished mosaics and --overwrite redoes them; choose one")
     infer_options = InferOptions(tile=tile, overlap=overlap, block_size=block_size, batch_size=batch_size,
                                  device=device.value, precision=precision, confidence=confidence,
-                                 match_stats=match_stats)  # fmt: skip
+                                 remedy=chosen_remedy(remedy, match_stats))  # fmt: skip
     cluster = ClusterOptions(scheduler=scheduler, workers=workers or default_workers(), tls_ca_file=tls_ca_file,
                              tls_cert=tls_cert, tls_key=tls_key)  # fmt: skip
     options = BatchOptions(infer=infer_options, cluster=cluster, polygons=not no_polygons, min_area=min_area,

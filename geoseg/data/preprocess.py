@@ -15,6 +15,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from geoseg.config import PreprocessConfig, QualityMaskConfig
+from geoseg.data.histogram import BINS, Histogram, bin_edges
 from geoseg.io.raster import block_windows, open_raster, read_window
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -35,6 +36,7 @@ class BandStats:
     max: float
     hist_edges: np.ndarray  # len(hist) + 1 edges in raw units
     hist: np.ndarray
+    integer: bool = False  # integer data: one fine bin per whole value, the value at its left edge
 
     def percentile(self, q: float) -> float:
         """Percentile from the histogram (exact for integer rasters, bin-accurate for floats)."""
@@ -47,11 +49,14 @@ class BandStats:
         idx = int(np.searchsorted(cumulative, target, side="left"))
         return float(self.hist_edges[min(idx, len(self.hist) - 1)])
 
-    def to_json(self, bins: int = 64) -> dict:
-        """Compact summary for the bundle's ``train_stats`` (drift checks compare against it)."""
-        edges = np.linspace(self.min, self.max if self.max > self.min else self.min + 1, bins + 1)
-        centres = (self.hist_edges[:-1] + self.hist_edges[1:]) / 2
-        coarse, _ = np.histogram(centres, bins=edges, weights=self.hist)
+    def histogram(self, bins: int = BINS) -> Histogram:
+        """At most ``bins`` bins over the valid range (whole-value-centred for integer data)."""
+        values = self.hist_edges[:-1] if self.integer else (self.hist_edges[:-1] + self.hist_edges[1:]) / 2
+        edges = bin_edges(self.min, self.max, self.integer, bins)
+        return Histogram.binned(values, edges, weights=self.hist)
+
+    def to_json(self, bins: int = BINS) -> dict:
+        """Compact summary for the bundle's ``train_stats`` (drift checks and histogram matching use it)."""
         return {
             "band": self.band,
             "count": int(self.count),
@@ -61,8 +66,7 @@ class BandStats:
             "max": self.max,
             "p2": self.percentile(2),
             "p98": self.percentile(98),
-            "hist_edges": [float(e) for e in edges],
-            "hist": [int(c) for c in coarse],
+            **self.histogram(bins).to_json(),
         }
 
 
@@ -113,7 +117,9 @@ def compute_band_stats(
     means = sums / max(count, 1)
     stds = np.sqrt(np.maximum(sq_sums / max(count, 1) - means**2, 0))
     return [
-        BandStats(int(b), count, float(means[i]), float(stds[i]), float(mins[i]), float(maxs[i]), edges, hists[i])
+        BandStats(
+            int(b), count, float(means[i]), float(stds[i]), float(mins[i]), float(maxs[i]), edges, hists[i], integer
+        )
         for i, b in enumerate(bands)
     ]
 
@@ -207,7 +213,7 @@ def choose_normalization(
     means, stds = [], []
     for s, (lo, hi) in zip(stats, scale, strict=True):
         centres = (s.hist_edges[:-1] + s.hist_edges[1:]) / 2
-        if s.hist_edges[1] - s.hist_edges[0] == 1:  # integer bins: the value is the left edge
+        if s.integer:  # integer bins: the value is the left edge
             centres = s.hist_edges[:-1]
         scaled = np.clip((centres - lo) / (hi - lo), 0, 1)
         total = max(int(s.hist.sum()), 1)

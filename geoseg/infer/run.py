@@ -19,8 +19,10 @@ from shapely.geometry.base import BaseGeometry
 
 from geoseg.config import ClassSpec
 from geoseg.device import cpu_has_bf16, resolve_device
-from geoseg.drift import DriftReport, drift_report, matched_normalization
-from geoseg.errors import BundleError, InputError, OutputError
+from geoseg.drift.check import band_report
+from geoseg.drift.remedies import remedied_normalization, remedy_record
+from geoseg.drift.report import DriftReport
+from geoseg.errors import InputError, OutputError
 from geoseg.infer.assemble import Assembler, Contribution
 from geoseg.infer.engine import InferenceSpec
 from geoseg.infer.parallel import BlockJob, run_blocks
@@ -51,7 +53,7 @@ class InferOptions:
     precision: str = "auto"
     aoi: Path | None = None
     confidence: bool = False
-    match_stats: bool = False  # map each band onto the training mean/spread before normalizing
+    remedy: str = "none"  # none | mosaic-stats | histogram: map each band onto the training data first
 
 
 @dataclass(frozen=True)
@@ -126,17 +128,9 @@ def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str
     bundle_path = bundle.path
     tile, overlap = window_settings(options, meta)
     aoi = aoi_in_crs(options.aoi, info) if options.aoi is not None else None
-    try:
-        drift = drift_report(mosaic, meta.bands, meta.train_stats)
-    except RasterioIOError as exc:
-        raise InputError(f"could not be read ({first_line(exc)}); re-copy it", mosaic) from None
-    normalization = meta.normalization
-    if options.match_stats:
-        if drift is None:
-            raise BundleError(
-                "has no training statistics for these bands, so --match-stats cannot be used", bundle_path
-            )
-        normalization = matched_normalization(normalization, drift)
+    report = band_report(mosaic, meta)
+    drift = report if report.bands else None
+    normalization = remedied_normalization(meta.normalization, options.remedy, drift, bundle_path, mosaic)
     spec = InferenceSpec(
         normalization=normalization,
         class_ids=[c.id for c in meta.classes],
@@ -153,9 +147,12 @@ def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str
                  (grid.height, grid.width), aoi, version)
         for window in assembler.blocks
     ]  # fmt: skip
-    tags = {"GEOSEG_INPUT": json.dumps({"normalization": normalization.to_json(), "match_stats": options.match_stats,
-                                         "drift": drift.to_json() if drift else None, "tile": tile, "overlap": overlap,
-                                         "precision": spec.precision, "bundle": str(bundle_path)})}  # fmt: skip
+    tags = {"GEOSEG_INPUT": json.dumps({"normalization": normalization.to_json(),
+                                         "match_stats": options.remedy == "mosaic-stats",  # its name before remedies
+                                         **remedy_record(options.remedy, normalization),
+                                         "drift": drift.without_histograms() if drift else None, "tile": tile,
+                                         "overlap": overlap, "precision": spec.precision,
+                                         "bundle": str(bundle_path)})}  # fmt: skip
     return MosaicPlan(Path(mosaic), info, spec, list(meta.classes), jobs, assembler, tags, drift)
 
 

@@ -60,7 +60,7 @@ def test_match_stats_maps_bands_onto_training_and_is_recorded(tmp_path: Path, ti
 
     out = tmp_path / "classes.tif"
     result = segment_mosaic(
-        shifted, bundle_dir, out, InferOptions(match_stats=True), progress=Progress(ProgressMode.none)
+        shifted, bundle_dir, out, InferOptions(remedy="mosaic-stats"), progress=Progress(ProgressMode.none)
     )
     assert result.drift is not None and result.drift.drifted
     with rasterio.open(out) as ds:
