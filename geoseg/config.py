@@ -99,12 +99,30 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class AdaptationConfig:
+    """Unlabeled target mosaics the model should also work on (joint energy-based domain adaptation).
+
+    Target windows are drawn like source windows, and a term lowering their free energy relative to the
+    source's (see ``geoseg/adapt.py``) joins the supervised loss. Target labels are never read: this
+    section has no key for them.
+    """
+
+    targets: list[Path] = field(default_factory=list)
+    weight: float = 0.01  # as in the source paper; 0 runs the target windows through the model without the term
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.targets)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     data: DataConfig
     preprocess: PreprocessConfig
     model: ModelConfig
     train: TrainConfig
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
 
 
 def load_config(path: str | Path) -> Config:
@@ -125,15 +143,18 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
     reader = _Reader(path)
-    unknown = set(raw) - {"data", "preprocess", "model", "train"}
+    unknown = set(raw) - {"data", "preprocess", "model", "train", "adaptation"}
     if unknown:
-        raise ConfigError(f"unknown section(s) {sorted(unknown)}; expected data, preprocess, model, train", path)
+        raise ConfigError(
+            f"unknown section(s) {sorted(unknown)}; expected data, preprocess, model, train, adaptation", path
+        )
     return Config(
         path=path,
         data=_parse_data(reader, raw.get("data")),
         preprocess=_parse_preprocess(reader, raw.get("preprocess") or {}),
         model=_parse_model(reader, raw.get("model") or {}),
         train=_parse_train(reader, raw.get("train") or {}),
+        adaptation=_parse_adaptation(reader, raw.get("adaptation") or {}),
     )
 
 
@@ -365,4 +386,25 @@ def _parse_train(r: _Reader, section: dict) -> TrainConfig:
             contrast=r.number(aug, "contrast", da.contrast, 0.0, 1.0, "train.augment.contrast"),
             scale_jitter=r.number(aug, "scale_jitter", da.scale_jitter, 0.0, 0.9, "train.augment.scale_jitter"),
         ),
+    )
+
+
+def _parse_adaptation(r: _Reader, section: Any) -> AdaptationConfig:
+    if not isinstance(section, dict):
+        raise r.fail("adaptation", "expected a mapping with targets (and optional weight)")
+    if "labels" in section:
+        raise r.fail(
+            "adaptation.labels",
+            "adaptation never reads target labels; remove the key (score the adapted model with `geoseg evaluate`)",
+        )
+    r.unknown_keys(section, {"targets", "weight"}, "adaptation")
+    targets_raw = section.get("targets", [])
+    if isinstance(targets_raw, str):
+        targets_raw = [targets_raw]
+    if not isinstance(targets_raw, list):
+        raise r.fail("adaptation.targets", "expected one or more unlabeled orthomosaic paths")
+    d = AdaptationConfig()
+    return AdaptationConfig(
+        targets=[r.path_of("adaptation.targets", p) for p in targets_raw],
+        weight=r.number(section, "weight", d.weight, 0.0, 100.0, "adaptation.weight"),
     )

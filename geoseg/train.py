@@ -20,10 +20,15 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from geoseg.adaptation import METHOD as ADAPTATION_METHOD
+from geoseg.adaptation import energy_term
 from geoseg.config import IGNORE_INDEX, ClassSpec, Config
 from geoseg.data.datasets import ImageCollection, LabeledOrtho, PixelWindow
 from geoseg.data.prepare import TrainingSet, build_training_set, describe, image_bands, load_images
+from geoseg.data.sampling import MultiImageSampler
+from geoseg.data.targets import TargetSet, build_target_set
 from geoseg.device import resolve_device, training_precision
+from geoseg.drift.confidence import CONFIDENCE_THRESHOLD, SAMPLE_PIXELS, low_confidence_counts
 from geoseg.errors import OutputExistsError
 from geoseg.io.raster import ensure_writable
 from geoseg.metrics import SegmentationScores, scores_from_confusion
@@ -60,11 +65,23 @@ class ValidationWindows(Dataset):
 
 
 class SegmentationTask(L.LightningModule):
+    """Supervised segmentation; with ``energy_weight`` set, batches are ``{"source", "target"}`` and the
+    energy-based adaptation term on the unlabeled target windows joins the loss (see geoseg/adaptation.py)."""
+
     def __init__(
-        self, model: torch.nn.Module, n_classes: int, loss: str, lr: float, optimizer: str, weight_decay: float
+        self,
+        model: torch.nn.Module,
+        n_classes: int,
+        loss: str,
+        lr: float,
+        optimizer: str,
+        weight_decay: float,
+        energy_weight: float | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        self.energy_weight = energy_weight
+        self.energy_gaps: list[float] = []
         self.n_classes = n_classes
         self.lr, self.optimizer_name, self.weight_decay = lr, optimizer, weight_decay
         self.ce = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
@@ -90,11 +107,20 @@ class SegmentationTask(L.LightningModule):
             loss = loss + self.extra_loss(logits, target)
         return loss
 
-    def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
-        logits = self(batch["image"])
-        loss = self._loss(logits.float(), batch["mask"].long())
+    def training_step(self, batch: dict, _: int) -> torch.Tensor:
+        source = batch["source"] if self.energy_weight is not None else batch
+        logits = self(source["image"])
+        loss = self._loss(logits.float(), source["mask"].long())
         self.losses.append(float(loss.detach()))
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["image"]))
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(source["image"]))
+        if self.energy_weight is not None:
+            # A separate pass: the target batch never enters the source batch's normalization statistics.
+            target = batch["target"]
+            term, gap = energy_term(logits, source["mask"], self(target["image"]), target["mask"])
+            loss = loss + self.energy_weight * term
+            if gap is not None:
+                self.energy_gaps.append(float(gap))
+                self.log("train/energy_gap", gap, on_step=True, on_epoch=True, batch_size=len(target["image"]))
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -171,6 +197,11 @@ def train(
     model = build_unet(cfg.model.encoder, len(image_bands(cfg, images)), len(cfg.data.classes), weights)
     ts = build_training_set(cfg, images, pretrained=weights is not None)
     emit(describe(ts))
+    targets = (
+        build_target_set(cfg, ts.bands, ts.normalization, ts.images[0].info.dtype) if cfg.adaptation.enabled else None
+    )
+    if targets is not None:
+        emit(f"adapting to {len(targets.paths)} unlabeled target mosaic(s), energy term weight {cfg.adaptation.weight}")
     t = cfg.train
     _quiet_lightning()
     L.seed_everything(t.seed, workers=True, verbose=False)
@@ -178,9 +209,12 @@ def train(
     if max_steps is not None:
         steps_per_epoch = min(steps_per_epoch, max_steps)
     ts.train_sampler.length = steps_per_epoch * t.batch_size
+    if targets is not None:
+        targets.sampler.length = steps_per_epoch * t.batch_size
     if work.exists() and not resume:
         shutil.rmtree(work)
-    task = SegmentationTask(model, len(cfg.data.classes), t.loss, t.lr, t.optimizer, t.weight_decay)
+    task = SegmentationTask(model, len(cfg.data.classes), t.loss, t.lr, t.optimizer, t.weight_decay,
+                            energy_weight=cfg.adaptation.weight if targets is not None else None)  # fmt: skip
     checkpoint = ModelCheckpoint(
         dirpath=work / "checkpoints",
         filename="best",
@@ -217,7 +251,7 @@ def train(
         log_every_n_steps=1,
         deterministic=False,
     )
-    loaders = _loaders(ts, t.batch_size, t.num_workers)
+    loaders = _loaders(ts, targets, t.batch_size, t.num_workers)
     ckpt_path = work / "checkpoints" / "last.ckpt"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*srun.*")
@@ -233,7 +267,11 @@ def train(
         tile_size=t.tile_size,
         overlap=max(16, t.tile_size // 8),
         resolution=float(ts.images[0].info.grid.res[0]),
-        train_stats={"bands": [s.to_json() for s in ts.stats], "dtype": ts.images[0].info.dtype},
+        train_stats={
+            "bands": [s.to_json() for s in ts.stats],
+            "dtype": ts.images[0].info.dtype,
+            "low_confidence": _training_low_confidence(task.model, ts, t.tile_size),
+        },
         metrics=scores.to_json([c.name for c in cfg.data.classes], [c.id for c in cfg.data.classes])
         if scores
         else None,
@@ -244,7 +282,8 @@ def train(
                 "steps": trainer.global_step,
                 "epochs": trainer.current_epoch,
                 "config": str(cfg.path),
-            }
+            },
+            **_adaptation_record(cfg, targets, task),
         },
     )
     task.model.cpu().eval()
@@ -275,22 +314,56 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*(Experiment logs|Checkpoint) directory .* exists and is not empty.*")
 
 
-def _loaders(ts: TrainingSet, batch_size: int, workers: int) -> tuple[DataLoader, DataLoader | None]:
-    train_loader = DataLoader(
-        ImageCollection(ts.train_images),
-        batch_size=batch_size,
-        sampler=ts.train_sampler,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=False,
-    )
+def _loaders(
+    ts: TrainingSet, targets: TargetSet | None, batch_size: int, workers: int
+) -> tuple[DataLoader | dict[str, DataLoader], DataLoader | None]:
+    """The training loader (with targets, ``{"source", "target"}`` loaders of equal length) and validation's."""
+
+    def windows(images: list[LabeledOrtho], sampler: MultiImageSampler) -> DataLoader:
+        return DataLoader(
+            ImageCollection(images),
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=False,
+        )
+
+    source = windows(ts.train_images, ts.train_sampler)
+    train_loader = source if targets is None else {"source": source, "target": windows(targets.images, targets.sampler)}
     val_loader = (
         DataLoader(ValidationWindows(ts.val_images, ts.val_windows), batch_size=batch_size, num_workers=workers)
         if ts.val_windows
         else None
     )
     return train_loader, val_loader
+
+
+def _training_low_confidence(model: torch.nn.Module, ts: TrainingSet, tile: int) -> dict:
+    """The share of low-confidence pixels on the training imagery: what `geoseg drift` compares a mosaic's with."""
+    model.eval()
+    budget = SAMPLE_PIXELS // len(ts.images)
+    low = total = windows = 0
+    for image in ts.images:
+        counts = low_confidence_counts(model, image.info.path, ts.bands, ts.normalization, tile, max_pixels=budget)
+        low, total, windows = low + counts[0], total + counts[1], windows + counts[2]
+    return {"share": low / max(total, 1), "threshold": CONFIDENCE_THRESHOLD, "pixels": total, "windows": windows}
+
+
+def _adaptation_record(cfg: Config, targets: TargetSet | None, task: SegmentationTask) -> dict:
+    """The bundle's ``adaptation`` key: that the model was adapted, to what, and how."""
+    if targets is None:
+        return {}
+    gaps = task.energy_gaps[-20:]
+    return {
+        "adaptation": {
+            "method": ADAPTATION_METHOD,
+            "targets": [str(p.resolve()) for p in targets.paths],
+            "weight": cfg.adaptation.weight,
+            "final_energy_gap": sum(gaps) / len(gaps) if gaps else None,  # mean of the last 20 steps
+        }
+    }
 
 
 def _best_state(checkpoint: ModelCheckpoint) -> dict[str, torch.Tensor] | None:
