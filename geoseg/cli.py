@@ -288,9 +288,10 @@ def drift(
     model also runs on a sample of windows (at most ~4 Mpx) to measure the share of low-confidence
     pixels. Drift is reported beyond 1.0 sd or a spread ×1.5 (×1/1.5), or when the model is unsure on
     15 points more of the pixels than on its training imagery (bundles trained by this version record
-    that share; models are often overconfident on shifted imagery, so the bands decide first). For scale: two neighbouring aerial tiles from one survey lie 0.8 sd apart, mostly from
-    different land cover. Bundles without histograms are compared by mean and spread. Exit code 0
-    whatever the verdict; the JSON's "drifted" says it for scripts.
+    that share; models are often overconfident on shifted imagery, so the bands decide first). For
+    scale: two neighbouring aerial tiles from one survey lie 0.8 sd apart, mostly from different land
+    cover. Bundles without histograms are compared by mean and spread. Exit code 0 whatever the
+    verdict; the JSON's "drifted" says it for scripts.
     """
     from geoseg.device import resolve_device
     from geoseg.drift.check import check_drift
