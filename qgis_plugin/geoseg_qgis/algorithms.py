@@ -20,8 +20,10 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingOutputBoolean,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
@@ -45,6 +47,7 @@ from .settings import executable_setting
 from .styling import ResultStyler, class_map_classes, save_default_style, save_default_vector_style
 
 DEVICES = ["auto", "cpu", "cuda"]
+REMEDIES = ["none", "mosaic-stats", "histogram"]
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 CONNECTIVITY = ["4", "8"]
 
@@ -87,7 +90,7 @@ class GeoSegAlgorithm(QgsProcessingAlgorithm):
 class SegmentRaster(GeoSegAlgorithm):
     INPUT, MODEL, AOI = "INPUT", "MODEL", "AOI"
     TILE, OVERLAP, BATCH_SIZE, BLOCK_SIZE = "TILE", "OVERLAP", "BATCH_SIZE", "BLOCK_SIZE"
-    DEVICE, PRECISION, MIN_AREA, SIMPLIFY = "DEVICE", "PRECISION", "MIN_AREA", "SIMPLIFY"
+    DEVICE, PRECISION, MIN_AREA, SIMPLIFY, REMEDY = "DEVICE", "PRECISION", "MIN_AREA", "SIMPLIFY", "REMEDY"
     OUTPUT, POLYGONS, CONFIDENCE, AREAS = "OUTPUT", "POLYGONS", "CONFIDENCE", "AREAS"
     stage_ranges: ClassVar[dict[str, tuple[float, float]]] = {"segment": (0.0, 90.0), "polygons": (90.0, 100.0)}
 
@@ -104,6 +107,9 @@ class SegmentRaster(GeoSegAlgorithm):
             "<b>Model bundle</b>: the folder written by <i>geoseg train</i>, or the path of a zipped bundle. "
             "The raster must be a file (GeoTIFF, VRT…) with the bands the bundle was trained on.<br>"
             "<b>Area of interest</b>: outside it the class map is nodata.<br>"
+            "<b>Drift remedy</b>: for imagery from another camera, season or light (run <i>Check drift</i> "
+            "first): <i>histogram</i> matches each band's histogram to the training data's, <i>mosaic-stats</i> "
+            "normalizes each band with the mosaic's own mean and spread.<br>"
             "Tile, overlap and batch size default to the bundle's; the result never depends on block size.<br><br>"
             "geoseg runs as a separate program (Processing → Options → Providers → geoseg sets which), so QGIS "
             "stays responsive; Cancel stops it and leaves no output."
@@ -121,6 +127,7 @@ class SegmentRaster(GeoSegAlgorithm):
         self.addParameter(_integer(self.OVERLAP, "Tile overlap (px; default: the bundle's)", None, 0))
         self.addParameter(_integer(self.BATCH_SIZE, "Batch size (default: 1 on CPU, 8 on GPU)", None, 1))
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0))
+        self.addParameter(_remedy_parameter(self.REMEDY))
         advanced = [
             QgsProcessingParameterEnum(self.PRECISION, "Precision", PRECISIONS, defaultValue=0),
             _integer(self.BLOCK_SIZE, "Block size (px; memory per worker)", 1024, 64),
@@ -157,6 +164,7 @@ class SegmentRaster(GeoSegAlgorithm):
             args = ["infer", source, "--model", model, "--out-dir", str(staging.folder), "--progress", "json",
                     "--device", DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
                     "--precision", PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)],
+                    "--remedy", REMEDIES[self.parameterAsEnum(parameters, self.REMEDY, context)],
                     "--block-size", str(self.parameterAsInt(parameters, self.BLOCK_SIZE, context)),
                     "--min-area", repr(self.parameterAsDouble(parameters, self.MIN_AREA, context)),
                     "--simplify", repr(self.parameterAsDouble(parameters, self.SIMPLIFY, context))]  # fmt: skip
@@ -392,6 +400,64 @@ def _field_values(layer, field: str) -> dict[str, str]:
     return {value: value for value in values}
 
 
+class CheckDrift(GeoSegAlgorithm):
+    INPUT, MODEL, REMEDY, OUTPUT, PLOT, DRIFTED, VERDICT = (
+        "INPUT", "MODEL", "REMEDY", "OUTPUT", "PLOT", "DRIFTED", "VERDICT"
+    )  # fmt: skip
+
+    def name(self) -> str:
+        return "drift"
+
+    def displayName(self) -> str:
+        return "Check drift"
+
+    def shortHelpString(self) -> str:
+        return (
+            "Is this raster out of the model's training distribution (another camera, season or light)? Each "
+            "band's histogram is compared with the one recorded at training, and the model runs on a sample of "
+            "windows to measure how often it is unsure. Takes seconds on any size. The verdict goes to the log "
+            "and the DRIFTED output; the details are saved as JSON, and a PNG shows each band's histograms "
+            "side by side. With a <b>remedy</b>, the confidence is measured as Segment raster would feed the "
+            "model with that remedy."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster (orthomosaic)"))
+        self.addParameter(_model_parameter(self.MODEL, optional=False))
+        self.addParameter(_remedy_parameter(self.REMEDY))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, "Details", "JSON files (*.json)"))
+        self.addParameter(
+            QgsProcessingParameterFileDestination(self.PLOT, "Histograms", "PNG images (*.png)", optional=True)
+        )
+        self.addOutput(QgsProcessingOutputBoolean(self.DRIFTED, "Drifted"))
+        self.addOutput(QgsProcessingOutputString(self.VERDICT, "Verdict"))
+
+    def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict:
+        source = _file_source(self.parameterAsRasterLayer(parameters, self.INPUT, context), "Raster")
+        model = bundle_path(self.parameterAsFile(parameters, self.MODEL, context))
+        out = _destination(self.parameterAsFileOutput(parameters, self.OUTPUT, context), ".json", "Details")
+        plot = _destination(self.parameterAsFileOutput(parameters, self.PLOT, context), ".png", "Histograms",
+                            required=False)  # fmt: skip
+        with _Staging(out) as staging:
+            args = ["drift", source, "--model", model, "--json", str(staging.folder / "drift.json"),
+                    "--remedy", REMEDIES[self.parameterAsEnum(parameters, self.REMEDY, context)]]  # fmt: skip
+            if plot:
+                args += ["--plot", str(staging.folder / "drift.png")]
+            self.run_geoseg(args, feedback)
+            staging.publish("drift.json", out)
+            if plot:
+                staging.publish("drift.png", plot)
+        report = json.loads(Path(out).read_text(encoding="utf-8"))
+        verdict = str(report.get("verdict", ""))
+        (feedback.reportError if report.get("drifted") else feedback.pushInfo)(verdict)
+        return {self.OUTPUT: out, self.PLOT: plot or None, self.DRIFTED: bool(report.get("drifted")),
+                self.VERDICT: verdict}  # fmt: skip
+
+
+def _remedy_parameter(name: str) -> QgsProcessingParameterEnum:
+    return QgsProcessingParameterEnum(name, "Drift remedy", REMEDIES, False, 0)
+
+
 def _model_parameter(name: str, optional: bool) -> QgsProcessingParameterFile:
     # A folder chooser, as bundles are folders; a zipped bundle's path (or the geoseg.json inside a bundle)
     # is accepted too where the path is typed or comes from a script, a model or qgis_process.
@@ -471,5 +537,7 @@ class _Staging:
         return path
 
 
-ALGORITHMS: list[type[GeoSegAlgorithm]] = [SegmentRaster, VectorizeClassRaster, EvaluateAgainstLabels, TrainFromLayers]
+ALGORITHMS: list[type[GeoSegAlgorithm]] = [
+    SegmentRaster, VectorizeClassRaster, EvaluateAgainstLabels, TrainFromLayers, CheckDrift
+]  # fmt: skip
 __all__ = ["ALGORITHMS", "BundleClass"]

@@ -225,26 +225,33 @@ def test_executable_setting_that_cannot_run_says_where_to_fix_it(provider, bundl
     assert not (tmp_path / "c.tif").exists()
 
 
-def test_train_from_layers_writes_a_bundle_that_segment_raster_uses(provider, mosaic: Path, tmp_path: Path) -> None:
-    labels = shared_data("building_tiles", "tiled_label_1.tif")
-    out = tmp_path / "model"
+@pytest.fixture(scope="module")
+def trained(provider, mosaic: Path, tmp_path_factory) -> dict:
+    """Train from layers, 2 steps from scratch on the building tile and its label raster."""
+    folder = tmp_path_factory.mktemp("train")
     feedback = RecordingFeedback()
     results = processing.run(
         "geoseg:train",
-        {"IMAGES": [str(mosaic)], "LABELS": str(labels), "CLASSES": "0=background\n1=building",
-         "ENCODER": "resnet18", "WEIGHTS": 1, "TILE_SIZE": 128, "BATCH_SIZE": 2, "EPOCHS": 1, "MAX_STEPS": 2,
-         "DEVICE": 1, "OUTPUT": str(out)},
+        {"IMAGES": [str(mosaic)], "LABELS": str(shared_data("building_tiles", "tiled_label_1.tif")),
+         "CLASSES": "0=background\n1=building", "ENCODER": "resnet18", "WEIGHTS": 1, "TILE_SIZE": 128,
+         "BATCH_SIZE": 2, "EPOCHS": 1, "MAX_STEPS": 2, "DEVICE": 1, "OUTPUT": str(folder / "model")},
         feedback=feedback,
     )  # fmt: skip
-    assert Path(results["OUTPUT"]) == out
+    return {"results": results, "folder": folder, "feedback": feedback}
+
+
+def test_train_from_layers_writes_a_bundle_that_segment_raster_uses(trained, mosaic: Path, tmp_path: Path) -> None:
+    out = trained["folder"] / "model"
+    assert Path(trained["results"]["OUTPUT"]) == out
     meta = json.loads((out / "geoseg.json").read_text())
     assert [(c["id"], c["name"]) for c in meta["classes"]] == [(0, "background"), (1, "building")]
     assert meta["tile_size"] == 128
     config = json.loads((out / "train_config.yaml").read_text())
+    labels = shared_data("building_tiles", "tiled_label_1.tif")
     assert config["data"]["labels"] == str(labels) and config["model"]["weights"] is None
-    assert (tmp_path / "model.train").is_dir()
-    assert feedback.progress_values and feedback.progress_values[-1] == pytest.approx(100.0)
-    assert leftovers(tmp_path) == []
+    assert (trained["folder"] / "model.train").is_dir()
+    assert trained["feedback"].progress_values[-1] == pytest.approx(100.0)
+    assert leftovers(trained["folder"]) == []
 
     segmented = processing.run(
         "geoseg:segment", {"INPUT": str(mosaic), "MODEL": str(out), "OUTPUT": str(tmp_path / "c.tif"), "POLYGONS": None}
@@ -252,6 +259,42 @@ def test_train_from_layers_writes_a_bundle_that_segment_raster_uses(provider, mo
     classes = QgsRasterLayer(segmented["OUTPUT"], "classes")
     assert [c.label for c in classes.renderer().classes()] == ["background", "building"]
     del classes
+
+
+def darkened_copy(source: Path, target: Path, factor: float) -> Path:
+    """The tile as an underexposing camera would record it, written with GDAL (QGIS's own bindings)."""
+    from osgeo import gdal
+
+    gdal.Translate(str(target), str(source), scaleParams=[[0, 255, 0, round(255 * factor)]], outputType=gdal.GDT_Byte)
+    return target
+
+
+def test_check_drift_flags_a_darker_camera_and_not_the_training_tile(trained, mosaic: Path, tmp_path: Path) -> None:
+    model = trained["results"]["OUTPUT"]
+    same = processing.run("geoseg:drift", {"INPUT": str(mosaic), "MODEL": model, "OUTPUT": str(tmp_path / "a.json")})
+    assert same["DRIFTED"] is False, same["VERDICT"]
+    dark = darkened_copy(mosaic, tmp_path / "dark.tif", 0.5)
+    shifted = processing.run(
+        "geoseg:drift",
+        {"INPUT": str(dark), "MODEL": model, "OUTPUT": str(tmp_path / "b.json"), "PLOT": str(tmp_path / "b.png")},
+    )
+    assert shifted["DRIFTED"] is True, shifted["VERDICT"]
+    assert json.loads(Path(shifted["OUTPUT"]).read_text())["drifted"] is True
+    assert Path(shifted["PLOT"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert leftovers(tmp_path) == []
+
+
+def test_segment_with_a_drift_remedy_records_it_in_the_class_map(trained, mosaic: Path, tmp_path: Path) -> None:
+    from osgeo import gdal
+
+    dark = darkened_copy(mosaic, tmp_path / "dark.tif", 0.5)
+    results = processing.run(
+        "geoseg:segment",
+        {"INPUT": str(dark), "MODEL": trained["results"]["OUTPUT"], "REMEDY": 2, "OUTPUT": str(tmp_path / "c.tif"),
+         "POLYGONS": None},
+    )  # fmt: skip
+    tag = json.loads(gdal.Open(results["OUTPUT"]).GetMetadataItem("GEOSEG_INPUT"))
+    assert tag["remedy"] == "histogram"
 
 
 def test_train_needs_classes_for_raster_labels(provider, mosaic: Path, tmp_path: Path) -> None:

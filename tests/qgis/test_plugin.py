@@ -13,7 +13,7 @@ from qgis.core import Qgis, QgsApplication
 
 from conftest import REPO
 
-ALGORITHMS = {"geoseg:segment", "geoseg:vectorize", "geoseg:evaluate", "geoseg:train"}
+ALGORITHMS = {"geoseg:segment", "geoseg:vectorize", "geoseg:evaluate", "geoseg:train", "geoseg:drift"}
 
 
 @pytest.fixture(scope="module")
