@@ -37,9 +37,9 @@ def forward_share(bundle: str, passes: int, tile: int, seed: int) -> float:
     """Seconds for ``passes`` forward passes on this thread, with the model geoseg's workers use."""
     import torch
 
-    from geoseg.infer.parallel import _cached_bundle
+    from geoseg.infer.block import cached_bundle
 
-    model = _cached_bundle(bundle, "cpu").model
+    model = cached_bundle(bundle, "cpu").model
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -52,10 +52,10 @@ def forward_share(bundle: str, passes: int, tile: int, seed: int) -> float:
 def forward_only(bundle: str, windows: int, workers: int, tile: int) -> None:
     import torch
 
-    from geoseg.infer.parallel import _cached_bundle
+    from geoseg.infer.block import cached_bundle
 
     torch.set_num_threads(1)
-    _cached_bundle(bundle, "cpu")  # loaded once before the threads start, as geoseg's first block does
+    cached_bundle(bundle, "cpu")  # loaded once before the threads start, as geoseg's first block does
     shares = [windows // workers + (i < windows % workers) for i in range(workers)]
     with ThreadPoolExecutor(workers) as pool:
         seconds = list(pool.map(forward_share, [bundle] * workers, shares, [tile] * workers, range(workers)))

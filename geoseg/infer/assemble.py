@@ -24,8 +24,9 @@ import torch
 from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX
+from geoseg.data.sampling import grid_offsets
 from geoseg.infer.engine import BlockResult, InferenceSpec, Reader, forward_windows
-from geoseg.infer.windows import blend_weights, window_grid
+from geoseg.infer.windows import blend_weights
 
 FIXED_POINT = np.float32(2.0**24)
 
@@ -44,6 +45,49 @@ class Contribution:
     col: int
     sums: np.ndarray  # int (classes, h, w): the windows' weighted probabilities, fixed point
 
+    @property
+    def area(self) -> Window | None:
+        """The raster area ``sums`` covers (None when the block owns no window)."""
+        _, h, w = self.sums.shape
+        return Window(self.col, self.row, w, h) if h and w else None
+
+
+Piece = tuple[int, int, np.ndarray]  # (row, col) in a block, and the sums that fall there
+
+
+def piece_for(contribution: Contribution, block: Window) -> Piece | None:
+    """The part of ``contribution`` inside ``block``, copied (it may wait long after the rest is freed)."""
+    _, h, w = contribution.sums.shape
+    br, bc = int(block.row_off), int(block.col_off)
+    cr, cc = contribution.row, contribution.col
+    r0, c0 = max(br, cr), max(bc, cc)
+    r1, c1 = min(br + int(block.height), cr + h), min(bc + int(block.width), cc + w)
+    if r1 <= r0 or c1 <= c0:
+        return None
+    return r0 - br, c0 - bc, contribution.sums[:, r0 - cr : r1 - cr, c0 - cc : c1 - cc].copy()
+
+
+def finish_block(
+    block: Window, pieces: list[Piece], valid: np.ndarray, spec: InferenceSpec, confidence: bool
+) -> BlockResult:
+    """A block's class ids (and confidence) from every piece of every contribution that reaches into it.
+
+    The pieces are integers, so their sum, and the class map, do not depend on the order they come in.
+    """
+    dtype = accumulator_dtype(spec.tile, spec.overlap)
+    sums = np.zeros((len(spec.class_ids), int(block.height), int(block.width)), dtype=dtype)
+    for row, col, piece in pieces:
+        sums[:, row : row + piece.shape[1], col : col + piece.shape[2]] += piece
+    best = sums.argmax(axis=0)
+    classes = np.asarray(spec.class_ids, dtype=np.uint8)[best]
+    classes[~valid] = IGNORE_INDEX
+    probability = None
+    if confidence:  # softmax sums to 1, so the class sums add up to the blend weights' sum
+        chosen = np.take_along_axis(sums, best[None], axis=0)[0].astype(np.float64)
+        probability = (chosen / np.maximum(sums.sum(axis=0, dtype=np.int64), 1)).astype(np.float32)
+        probability[~valid] = 0.0
+    return BlockResult(classes, probability)
+
 
 def aligned_block_size(block_size: int, tile: int, overlap: int) -> int:
     """``block_size`` rounded up to a whole number of window strides.
@@ -57,14 +101,34 @@ def aligned_block_size(block_size: int, tile: int, overlap: int) -> int:
 
 
 def owned_origins(core: Window, raster_shape: tuple[int, int], tile: int, overlap: int) -> list[tuple[int, int]]:
+    """The windows of the raster-wide grid (``window_grid``, row-major) whose origin lies in ``core``."""
     r0, c0 = int(core.row_off), int(core.col_off)
-    r1, c1 = r0 + int(core.height), c0 + int(core.width)
-    return [(r, c) for r, c in window_grid(*raster_shape, tile, overlap) if r0 <= r < r1 and c0 <= c < c1]
+    rows = _inside(grid_offsets(raster_shape[0], tile, max(1, tile - overlap)), r0, r0 + int(core.height))
+    cols = _inside(grid_offsets(raster_shape[1], tile, max(1, tile - overlap)), c0, c0 + int(core.width))
+    return [(r, c) for r in rows for c in cols]
+
+
+def _inside(offsets: list[int], start: int, stop: int) -> list[int]:
+    return offsets[bisect.bisect_left(offsets, start) : bisect.bisect_left(offsets, stop)]
 
 
 def reach(core: Window, raster_shape: tuple[int, int], tile: int, overlap: int) -> Window | None:
     """The raster area the block's own windows cover (None if it owns none)."""
     return _covered(owned_origins(core, raster_shape, tile, overlap), raster_shape, tile)
+
+
+def block_span(core: Window, raster_shape: tuple[int, int], tile: int, overlap: int) -> Window:
+    """What ``block_contribution`` reads for ``core``: the block and the windows it owns. It can reach
+    past the raster's right and bottom edges only where the raster is smaller than a tile."""
+    origins = owned_origins(core, raster_shape, tile, overlap)
+    return _span(core, origins, tile) if origins else core
+
+
+def _span(core: Window, origins: list[tuple[int, int]], tile: int) -> Window:
+    top, left = int(core.row_off), int(core.col_off)
+    bottom = max(max(r for r, _ in origins) + tile, top + int(core.height))
+    right = max(max(c for _, c in origins) + tile, left + int(core.width))
+    return Window(left, top, right - left, bottom - top)
 
 
 def _covered(origins: list[tuple[int, int]], raster_shape: tuple[int, int], tile: int) -> Window | None:
@@ -100,9 +164,7 @@ def block_contribution(
             valid &= region(core)
         return Contribution(core, valid, int(core.row_off), int(core.col_off), np.zeros((n, 0, 0), np.int32))
     top, left = int(core.row_off), int(core.col_off)
-    bottom = max(max(r for r, _ in origins) + tile, top + int(core.height))
-    right = max(max(c for _, c in origins) + tile, left + int(core.width))
-    span = Window(left, top, right - left, bottom - top)
+    span = _span(core, origins, tile)
     raw, valid = read(span)
     image = spec.normalization.apply(raw)
     image[:, ~valid] = 0.0
@@ -146,25 +208,17 @@ class Assembler:
                         self._waiting[key] += 1
         # Pieces received per block, kept as copies of just the area they cover: a spill from the block
         # above is only a tile's rows deep, and it waits a whole row of blocks before it is used.
-        self._pieces: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
+        self._pieces: dict[tuple[int, int], list[Piece]] = {}
         self._valid: dict[tuple[int, int], np.ndarray] = {}
 
     def add(self, contribution: Contribution) -> list[tuple[Window, BlockResult]]:
         own = self._key(contribution.core)
         self._valid[own] = contribution.valid
         touched = {own}
-        _, h, w = contribution.sums.shape
-        if h and w:
-            area = Window(contribution.col, contribution.row, w, h)
-            for key in self._overlapped(area):
-                block = self._index[key]
-                r0, c0 = max(int(block.row_off), contribution.row), max(int(block.col_off), contribution.col)
-                r1 = min(int(block.row_off + block.height), contribution.row + h)
-                c1 = min(int(block.col_off + block.width), contribution.col + w)
-                br, bc = int(block.row_off), int(block.col_off)
-                cr, cc = contribution.row, contribution.col
-                piece = contribution.sums[:, r0 - cr : r1 - cr, c0 - cc : c1 - cc].copy()
-                self._pieces.setdefault(key, []).append((r0 - br, c0 - bc, piece))
+        for key in self._overlapped(contribution.area) if contribution.area is not None else []:
+            piece = piece_for(contribution, self._index[key])
+            if piece is not None:
+                self._pieces.setdefault(key, []).append(piece)
                 touched.add(key)
         done = []
         for key in touched:
@@ -179,23 +233,7 @@ class Assembler:
 
     def _finish(self, key: tuple[int, int]) -> BlockResult:
         block = self._index[key]
-        sums = self._zeros(block)
-        for row, col, piece in self._pieces.pop(key, []):
-            sums[:, row : row + piece.shape[1], col : col + piece.shape[2]] += piece
-        valid = self._valid.pop(key)
-        best = sums.argmax(axis=0)
-        classes = np.asarray(self.spec.class_ids, dtype=np.uint8)[best]
-        classes[~valid] = IGNORE_INDEX
-        confidence = None
-        if self.confidence:  # softmax sums to 1, so the class sums add up to the blend weights' sum
-            chosen = np.take_along_axis(sums, best[None], axis=0)[0].astype(np.float64)
-            confidence = (chosen / np.maximum(sums.sum(axis=0, dtype=np.int64), 1)).astype(np.float32)
-            confidence[~valid] = 0.0
-        return BlockResult(classes, confidence)
-
-    def _zeros(self, block: Window) -> np.ndarray:
-        dtype = accumulator_dtype(self.spec.tile, self.spec.overlap)
-        return np.zeros((len(self.spec.class_ids), int(block.height), int(block.width)), dtype=dtype)
+        return finish_block(block, self._pieces.pop(key, []), self._valid.pop(key), self.spec, self.confidence)
 
     def _key(self, window: Window) -> tuple[int, int]:
         return (_position(self._row_edges, int(window.row_off)), _position(self._col_edges, int(window.col_off)))

@@ -1,18 +1,15 @@
-"""Blocks of a mosaic as Dask tasks. Knows nothing of tensors: each task calls the one-block engine.
+"""Blocks of a mosaic as Dask tasks. Knows nothing of tensors: each task calls the one-block function
+that ``geoseg.segment`` calls too (``block.segment_block``), reading from the file.
 
-Each worker process loads the model once (a per-process cache keyed by bundle, version and device);
-the caller is the only writer. Blocks are submitted in
-waves of a few per worker, so memory is bounded by block size, not by mosaic size.
-
-On the CPU every forward pass runs with one intra-op thread: PyTorch's convolutions sum in a
-different order with a different thread count, which would make the class map depend on the
-scheduler and worker count. Parallelism comes from running blocks side by side instead.
+Each worker process loads the model once (``block.cached_bundle``); the caller is the only writer.
+Blocks are submitted in waves of a few per worker, so memory is bounded by block size, not by mosaic
+size. On the CPU every forward pass runs with one intra-op thread (see ``block.py``); parallelism
+comes from running blocks side by side instead.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,16 +17,15 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 import rasterio
-import torch
 from rasterio import features
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from shapely.geometry.base import BaseGeometry
 
-from geoseg.infer.assemble import Contribution, block_contribution
+from geoseg.infer.assemble import Contribution
+from geoseg.infer.block import ModelSource, segment_block
 from geoseg.infer.engine import InferenceSpec
 from geoseg.io.raster import cap_gdal_cache, read_window
-from geoseg.model.bundle import Bundle, load_bundle
 
 SCHEDULERS = ("sync", "threads", "processes")
 
@@ -49,29 +45,12 @@ class BlockJob:
     bundle_version: str = ""  # geoseg.model.bundle.bundle_version: a rewritten bundle is loaded afresh
 
 
-_MODELS: dict[tuple[str, str], tuple[str, Bundle]] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def _cached_bundle(path: str, device: str, version: str = "") -> Bundle:
-    """The process's model for ``path``: loaded once, again only when the bundle's version changes."""
-    with _MODELS_LOCK:
-        held = _MODELS.get((path, device))
-        if held is None or held[0] != version:
-            bundle = load_bundle(path, device=device)
-            bundle.model.to(memory_format=torch.channels_last)
-            _MODELS[(path, device)] = (version, bundle)
-        return _MODELS[(path, device)][1]
-
-
 def run_block(job: BlockJob) -> Contribution:
     """One block, start to end. The mosaic is opened per block: cheap next to the model, and a worker
     of a long-lived cluster then holds no file handles between tasks (nor a stale view of a replaced file).
     """
     cap_gdal_cache()
-    if job.device == "cpu":
-        torch.set_num_threads(1)
-    model = _cached_bundle(job.bundle, job.device, job.bundle_version).model
+    model = ModelSource(job.bundle, job.device, job.bundle_version)
     with rasterio.open(job.mosaic) as ds:
 
         def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +61,7 @@ def run_block(job: BlockJob) -> Contribution:
             transform = window_transform(window, ds.transform)
             return features.geometry_mask([job.aoi], out_shape=shape, transform=transform, invert=True)
 
-        return block_contribution(
+        return segment_block(
             model, read, job.window, job.raster_shape, job.spec, inside_aoi if job.aoi is not None else None
         )
 
@@ -102,23 +81,19 @@ def run_blocks(
 
 def _run_local(jobs: list[BlockJob], scheduler: str, workers: int, on_done) -> None:
     """Dask's local schedulers, with one pool for the whole run so each process loads the model once."""
-    threads = torch.get_num_threads()  # run_block sets 1 in this process for sync and threads; restore it
-    try:
-        if scheduler == "sync":
-            for job in jobs:
-                on_done(dask.compute(dask.delayed(run_block)(job), scheduler="synchronous")[0])
-            return
-        if scheduler == "threads":
-            pool = ThreadPoolExecutor(workers)
-        else:
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        with pool:
-            for wave in _waves(jobs, 2 * workers):
-                tasks = [dask.delayed(run_block)(job) for job in wave]
-                for contribution in dask.compute(*tasks, scheduler=scheduler, pool=pool):
-                    on_done(contribution)
-    finally:
-        torch.set_num_threads(threads)
+    if scheduler == "sync":
+        for job in jobs:
+            on_done(dask.compute(dask.delayed(run_block)(job), scheduler="synchronous")[0])
+        return
+    if scheduler == "threads":
+        pool = ThreadPoolExecutor(workers)
+    else:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    with pool:
+        for wave in _waves(jobs, 2 * workers):
+            tasks = [dask.delayed(run_block)(job) for job in wave]
+            for contribution in dask.compute(*tasks, scheduler=scheduler, pool=pool):
+                on_done(contribution)
 
 
 def _run_distributed(jobs: list[BlockJob], address: str, workers: int, on_done) -> None:

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import shapely
-import torch
 from rasterio.errors import RasterioIOError
 from shapely.geometry.base import BaseGeometry
 
 from geoseg.config import ClassSpec
-from geoseg.device import cpu_has_bf16, resolve_device
+from geoseg.device import resolve_device
 from geoseg.drift.check import band_report
 from geoseg.drift.remedies import remedied_normalization, remedy_record
 from geoseg.drift.report import DriftReport
@@ -26,14 +25,13 @@ from geoseg.errors import InputError, OutputError
 from geoseg.infer.assemble import Assembler, Contribution
 from geoseg.infer.engine import InferenceSpec
 from geoseg.infer.parallel import BlockJob, run_blocks
+from geoseg.infer.settings import default_batch_size, resolve_precision, window_size
 from geoseg.infer.writer import confidence_percent, open_class_map, open_confidence_map
 from geoseg.io.raster import RasterInfo, cap_gdal_cache, ensure_writable, first_line, read_info
 from geoseg.io.vector import read_vector
 from geoseg.memory import release_free_memory
 from geoseg.model.bundle import Bundle, BundleMeta, bundle_version, check_bundle_fits, load_bundle
 from geoseg.progress import Progress
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def default_workers() -> int:
@@ -63,17 +61,6 @@ class ClassMapResult:
     spec: InferenceSpec
     blocks: int
     drift: DriftReport | None = None
-
-
-def resolve_precision(requested: str, device: str) -> str:
-    """auto: bf16 on GPUs that support it (else fp16), bf16 on CPUs with bf16 units, else fp32."""
-    if requested not in PRECISIONS:
-        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
-    if requested != "auto":
-        return requested
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def aoi_in_crs(path: Path, info: RasterInfo) -> BaseGeometry:
@@ -111,11 +98,7 @@ class MosaicPlan:
 
 def window_settings(options: InferOptions, meta: BundleMeta) -> tuple[int, int]:
     """Tile and overlap: the options', else the bundle's."""
-    tile = options.tile or meta.tile_size
-    overlap = meta.overlap if options.overlap is None else options.overlap
-    if not 0 <= overlap < tile:
-        raise InputError(f"--overlap must be at least 0 and less than the tile ({tile}), got {overlap}")
-    return tile, overlap
+    return window_size(options.tile, options.overlap, meta)
 
 
 def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str, confidence: bool) -> MosaicPlan:
@@ -136,7 +119,7 @@ def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str
         class_ids=[c.id for c in meta.classes],
         tile=tile,
         overlap=overlap,
-        batch_size=options.batch_size or (8 if device == "cuda" else 1),
+        batch_size=options.batch_size or default_batch_size(device),
         precision=precision,
     )
     grid = info.grid

@@ -1,0 +1,40 @@
+"""Inference settings both faces resolve the same way: window size, precision, batch size.
+
+``name`` arguments say how the caller spells the setting (``--overlap`` on the command line,
+``overlap`` in Python), so messages point at what the user typed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from geoseg.device import cpu_has_bf16
+from geoseg.errors import InputError
+from geoseg.model.bundle import BundleMeta
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(requested: str, device: str, name: str = "--precision") -> str:
+    """auto: bf16 on GPUs that support it (else fp16), bf16 on CPUs with bf16 units, else fp32."""
+    if requested not in PRECISIONS:
+        raise InputError(f"{name} must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def window_size(tile: int | None, overlap: int | None, meta: BundleMeta, name: str = "--overlap") -> tuple[int, int]:
+    """Tile and overlap: the ones asked for, else the bundle's."""
+    tile = tile or meta.tile_size
+    overlap = meta.overlap if overlap is None else overlap
+    if not 0 <= overlap < tile:
+        raise InputError(f"{name} must be at least 0 and less than the tile ({tile}), got {overlap}")
+    return tile, overlap
+
+
+def default_batch_size(device: str) -> int:
+    """1 on the CPU (no padded slots), 8 on a GPU."""
+    return 8 if device == "cuda" else 1
