@@ -1,4 +1,4 @@
-"""Class map → GeoPackage: geoseg.vectorize against the in-memory recipe, side by side.
+"""Class map → GeoPackage: geoseg.polygons.vectorize_class_map against the in-memory recipe, side by side.
 
     python bench/vectorize_bench.py --size 16384
 
@@ -39,7 +39,7 @@ print(len(frame))
 GEOSEG = """
 import sys
 from pathlib import Path
-from geoseg.vectorize import vectorize_class_map
+from geoseg.polygons import vectorize_class_map
 print(vectorize_class_map(Path(sys.argv[1]), Path(sys.argv[2]), overwrite=True).n_polygons)
 """
 

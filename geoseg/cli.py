@@ -501,7 +501,7 @@ def vectorize(
     The polygons keep the class map's CRS; simplification keeps borders between classes shared (no gaps).
     """
     from geoseg.model.bundle import read_bundle_meta
-    from geoseg.vectorize import vectorize_class_map
+    from geoseg.polygons import vectorize_class_map
 
     classes = read_bundle_meta(model).classes if model is not None else None
     reporter = Progress(progress)

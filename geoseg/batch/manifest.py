@@ -49,7 +49,7 @@ class MosaicRecord:
     reason: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)  # kind (classes, polygons, areas, …) -> path
     runtime_s: float | None = None
-    areas: dict | None = None  # geoseg.vectorize.class_areas of the class map
+    areas: dict | None = None  # geoseg.polygons.class_areas of the class map
 
     @classmethod
     def from_json(cls, data: dict) -> MosaicRecord:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geoseg.io.raster import atomic_path
-from geoseg.vectorize import class_areas, vectorize_class_map
+from geoseg.polygons import class_areas, vectorize_class_map
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from rasterio.windows import Window
 from geoseg.config import ClassSpec
 from geoseg.errors import GeoSegError, OutputError, OutputExistsError
 from geoseg.infer.writer import CLASSES_TAG
-from geoseg.vectorize import LAYER_NAME, class_areas, vectorize_class_map
+from geoseg.polygons import LAYER_NAME, class_areas, vectorize_class_map
 from tests.conftest import shared_data
 
 UTM16 = CRS.from_epsg(32616)
@@ -307,10 +307,10 @@ def test_empty_class_map_writes_an_empty_layer(tmp_path: Path) -> None:
 def test_batches_of_polygons_join_up(spacenet_map: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import functools
 
-    import geoseg.vectorize as vectorize
+    import geoseg.polygons as polygons
 
     whole = read_polygons(vectorize_class_map(spacenet_map, tmp_path / "whole.gpkg", min_pixels=40).path)
-    monkeypatch.setattr(vectorize, "_batches", functools.partial(vectorize._batches, size=4))
+    monkeypatch.setattr(polygons, "_batches", functools.partial(polygons._batches, size=4))
     batched = vectorize_class_map(spacenet_map, tmp_path / "batched.gpkg", min_pixels=40)
     assert batched.counts[1] == 43 and canonical(read_polygons(batched.path)) == canonical(whole)
 

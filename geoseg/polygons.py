@@ -1,4 +1,4 @@
-"""Polygons and per-class areas from a written class map (DESIGN §3, "Polygons").
+"""Polygons and per-class areas from a class map, written or in memory (DESIGN §3, "Polygons").
 
 ``vectorize_class_map`` polygonizes the class map *file* with GDAL (``rasterio.features.shapes`` on a
 dataset band), so the result depends only on the pixels, never on how the map was written (block size,
@@ -18,6 +18,9 @@ Small regions are dropped (``min_area`` in CRS units², ``min_pixels`` in pixels
 an overlap. Simplification is shapely's coverage simplification (Visvalingam-Whyatt, shapely ≥ 2.1) over
 all polygons at once, so a border two polygons share stays one border: no gaps or overlaps appear.
 
+``class_map_polygons`` runs the same steps on an in-memory class map (``geoseg.vectorize``'s engine) and
+returns the GeoDataFrame instead of writing it.
+
 ``class_areas`` streams the class map in strips of rows and counts pixels per class with ``np.bincount``.
 """
 
@@ -31,6 +34,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyogrio.errors
@@ -39,12 +43,16 @@ import rasterio.crs
 import rasterio.errors
 import rasterio.features
 import shapely
+from affine import Affine
 from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import ConfigError, InputError, OutputError
 from geoseg.infer.writer import CLASSES_TAG
 from geoseg.io.raster import atomic_path, ensure_writable, open_raster
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 LAYER_NAME = "classes"
 CLASS_MAP_DTYPES = ("uint8", "uint16")
@@ -87,31 +95,64 @@ def vectorize_class_map(
     """
     class_map, out = Path(class_map), Path(out)
     driver = _output_driver(out)
-    if connectivity not in (4, 8):
-        raise ConfigError(f"connectivity must be 4 or 8, not {connectivity}")
-    if min_area < 0 or min_pixels < 0 or simplify < 0:
-        raise ConfigError("min area, min pixels and simplification tolerance must be 0 or more")
+    _check_options(connectivity, min_area, min_pixels, simplify)
     ensure_writable(out, overwrite)
     _ensure_folder_writable(out)
 
     with open_raster(class_map) as ds:
         _check_class_map(ds, class_map)
         names = _class_names(ds, classes)
-        skip = _nodata_values(ds)
         crs = ds.crs
-        pixel_area = abs(ds.transform.determinant)
-        # Pixel areas are exact multiples of pixel_area; a hair of slack keeps "≥ N px" exact in floating point.
-        threshold = max(min_area, min_pixels * pixel_area) * (1 - 1e-9)
-        chunks: list[np.ndarray] = []
-        chunk_ids: list[np.ndarray] = []
-        dropped = 0
+        threshold = _area_threshold(min_area, min_pixels, abs(ds.transform.determinant))
         features = rasterio.features.shapes(rasterio.band(ds, 1), connectivity=connectivity)
-        for batch, values in _batches(features, skip):
-            keep = shapely.area(batch) >= threshold
-            dropped += int(np.count_nonzero(~keep))
-            chunks.append(batch[keep])
-            chunk_ids.append(values[keep])
+        found = _polygonize(features, _nodata_values(ds.nodata), threshold, simplify)
 
+    _write(out, driver, polygon_frame(found.polygons, found.ids, names, crs))
+    counts = dict(sorted(Counter(found.ids).items()))
+    return VectorizeResult(out, len(found.ids), counts, found.dropped, found.simplified)
+
+
+def class_map_polygons(
+    class_map: np.ndarray,
+    transform: Affine,
+    crs: rasterio.crs.CRS | None,
+    classes: Sequence[ClassSpec] | None = None,
+    nodata: int | None = None,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    connectivity: int = 4,
+    min_pixels: int = 0,
+) -> gpd.GeoDataFrame:
+    """``vectorize_class_map`` for an in-memory (height, width) class map: the same polygons, as a GeoDataFrame.
+
+    ``nodata`` is skipped besides 255; class names come from ``classes``, else are the ids.
+    """
+    _check_options(connectivity, min_area, min_pixels, simplify)
+    names = {int(c.id): c.name for c in classes} if classes else {}
+    threshold = _area_threshold(min_area, min_pixels, abs(transform.determinant))
+    features = rasterio.features.shapes(class_map, transform=transform, connectivity=connectivity)
+    found = _polygonize(features, _nodata_values(nodata), threshold, simplify)
+    return polygon_frame(found.polygons, found.ids, names, crs)
+
+
+@dataclass(frozen=True)
+class _Found:
+    polygons: np.ndarray  # shapely polygons, valid
+    ids: list[int]  # their class ids
+    dropped: int
+    simplified: bool
+
+
+def _polygonize(features: Iterator[tuple[dict, float]], skip: set[int], threshold: float, simplify: float) -> _Found:
+    """GDAL's polygons, nodata skipped, small ones dropped, repaired and coverage-simplified."""
+    chunks: list[np.ndarray] = []
+    chunk_ids: list[np.ndarray] = []
+    dropped = 0
+    for batch, values in _batches(features, skip):
+        keep = shapely.area(batch) >= threshold
+        dropped += int(np.count_nonzero(~keep))
+        chunks.append(batch[keep])
+        chunk_ids.append(values[keep])
     polygons = np.concatenate(chunks) if chunks else np.empty(0, dtype=object)
     ids = [int(i) for i in np.concatenate(chunk_ids)] if chunk_ids else []
     polygons = _valid(polygons)
@@ -122,10 +163,7 @@ def vectorize_class_map(
     keep = ~shapely.is_empty(polygons) if len(polygons) else np.empty(0, dtype=bool)
     if not keep.all():  # a repair that left nothing polygonal (never seen from GDAL's pixel outlines)
         polygons, ids = polygons[keep], [i for i, k in zip(ids, keep, strict=True) if k]
-
-    _write(out, driver, polygons, ids, names, crs)
-    counts = dict(sorted(Counter(ids).items()))
-    return VectorizeResult(out, len(ids), counts, dropped, simplified)
+    return _Found(polygons, ids, dropped, simplified)
 
 
 def class_areas(class_map: str | Path, classes: Sequence[ClassSpec] | None = None) -> dict:
@@ -139,7 +177,7 @@ def class_areas(class_map: str | Path, classes: Sequence[ClassSpec] | None = Non
     with open_raster(class_map) as ds:
         _check_class_map(ds, class_map)
         names = _class_names(ds, classes)
-        skip = _nodata_values(ds)
+        skip = _nodata_values(ds.nodata)
         counts = np.zeros(256 if ds.dtypes[0] == "uint8" else 65536, dtype=np.int64)
         for window in _strips(ds.width, ds.height):
             counts += np.bincount(ds.read(1, window=window).ravel(), minlength=counts.size)
@@ -209,12 +247,24 @@ def _check_class_map(ds: rasterio.DatasetReader, path: Path) -> None:
         raise InputError(f"is not a class map: band 1 is {ds.dtypes[0]}, expected uint8 class ids", path)
 
 
-def _nodata_values(ds: rasterio.DatasetReader) -> set[int]:
-    """255 never is a class id (ids are 0-254); a different nodata value set on the file is skipped too."""
+def _nodata_values(nodata: float | None) -> set[int]:
+    """255 never is a class id (ids are 0-254); a different nodata value set on the map is skipped too."""
     skip = {IGNORE_INDEX}
-    if ds.nodata is not None and float(ds.nodata).is_integer():
-        skip.add(int(ds.nodata))
+    if nodata is not None and float(nodata).is_integer():
+        skip.add(int(nodata))
     return skip
+
+
+def _check_options(connectivity: int, min_area: float, min_pixels: int, simplify: float) -> None:
+    if connectivity not in (4, 8):
+        raise ConfigError(f"connectivity must be 4 or 8, not {connectivity}")
+    if min_area < 0 or min_pixels < 0 or simplify < 0:
+        raise ConfigError("min area, min pixels and simplification tolerance must be 0 or more")
+
+
+def _area_threshold(min_area: float, min_pixels: int, pixel_area: float) -> float:
+    # Pixel areas are exact multiples of pixel_area; a hair of slack keeps "≥ N px" exact in floating point.
+    return max(min_area, min_pixels * pixel_area) * (1 - 1e-9)
 
 
 def _class_names(ds: rasterio.DatasetReader, classes: Sequence[ClassSpec] | None) -> dict[int, str]:
@@ -315,14 +365,10 @@ def _square_metres_factor(crs: rasterio.crs.CRS | None) -> float | None:
         return None
 
 
-def _write(
-    out: Path,
-    driver: str,
-    polygons: np.ndarray,
-    ids: list[int],
-    names: dict[int, str],
-    crs: rasterio.crs.CRS | None,
-) -> None:
+def polygon_frame(
+    polygons: np.ndarray, ids: list[int], names: dict[int, str], crs: rasterio.crs.CRS | None
+) -> gpd.GeoDataFrame:
+    """The GeoDataFrame of DESIGN §3: class_id, class_name, area (CRS units²), area_m2 where projected."""
     import geopandas as gpd
 
     areas = shapely.area(polygons) if len(polygons) else np.empty(0)
@@ -334,7 +380,10 @@ def _write(
     to_m2 = _square_metres_factor(crs)
     if to_m2 is not None:
         columns["area_m2"] = columns["area"] * to_m2
-    frame = gpd.GeoDataFrame(columns, geometry=list(polygons), crs=crs.to_wkt() if crs else None)
+    return gpd.GeoDataFrame(columns, geometry=list(polygons), crs=crs.to_wkt() if crs else None)
+
+
+def _write(out: Path, driver: str, frame: gpd.GeoDataFrame) -> None:
     staged: Path | None = None
     try:
         with atomic_path(out) as tmp:
@@ -357,4 +406,4 @@ def _write(
             staged.unlink(missing_ok=True)
 
 
-__all__ = ["LAYER_NAME", "VectorizeResult", "class_areas", "vectorize_class_map"]
+__all__ = ["LAYER_NAME", "VectorizeResult", "class_areas", "class_map_polygons", "polygon_frame", "vectorize_class_map"]
