@@ -1,3 +1,25 @@
-"""geoseg: geospatial raster segmentation toolkit."""
+"""geoseg: geospatial raster segmentation toolkit.
+
+The Python API (``load_model``, ``segment``, ``vectorize``; see ``geoseg.api``) is imported on first
+use, so ``import geoseg`` and the command line stay quick.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+__all__ = ["Model", "__version__", "load_model", "segment", "vectorize"]
+
+_API = frozenset({"Model", "load_model", "segment", "vectorize"})
+
+if TYPE_CHECKING:
+    from geoseg.api import Model, load_model, segment, vectorize
+
+
+def __getattr__(name: str) -> object:
+    if name in _API:
+        from geoseg import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'geoseg' has no attribute {name!r}")

@@ -1,0 +1,280 @@
+"""The Python API: segment xarray DataArrays (NumPy- or Dask-backed) as `geoseg infer` segments files.
+
+One engine, two faces: ``segment`` runs the same block function and the same fixed-point blending as
+`geoseg infer` (see ``geoseg/infer/lazy.py``), so on the same pixels it gives the same class ids, bit
+for bit, whatever the chunking or the scheduler (synchronous, threads, a ``distributed.Client``).
+
+    import threading
+    import geoseg
+    import rioxarray
+
+    model = geoseg.load_model("my_model")
+    mosaic = rioxarray.open_rasterio("mosaic.tif", chunks={"x": 2048, "y": 2048})
+    classes = geoseg.segment(mosaic, model)  # lazy: nothing runs yet
+    classes.rio.to_raster("classes.tif", tiled=True, lock=threading.Lock(), recalc_transform=False)
+
+``lock`` makes rioxarray write chunk by chunk as they are computed (without one it computes the whole
+map first); ``recalc_transform=False`` writes the input's transform exactly, not one recomputed from
+the coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, overload
+
+import dask.array
+import numpy as np
+
+from geoseg.config import IGNORE_INDEX, ClassSpec
+from geoseg.device import resolve_device
+from geoseg.errors import InputError
+from geoseg.infer.assemble import aligned_block_size
+from geoseg.infer.block import ModelSource, cached_bundle
+from geoseg.infer.engine import InferenceSpec
+from geoseg.infer.lazy import segment_array
+from geoseg.infer.settings import default_batch_size, resolve_precision, window_size
+from geoseg.model.bundle import BundleMeta, bundle_version
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+    import torch
+    import xarray as xr
+
+NUMPY_CHUNK = 1024  # block side for NumPy-backed input (rounded up to whole window strides), as `geoseg infer`'s
+
+
+class ArrayError(InputError, ValueError):
+    """A DataArray given to the Python API does not fit the job (also a ValueError, as Python code expects)."""
+
+
+@dataclass(frozen=True)
+class Model:
+    """A loaded model bundle. Pickles as its path and metadata: each Dask worker loads the network once."""
+
+    source: ModelSource
+    meta: BundleMeta
+
+    @property
+    def path(self) -> Path:
+        return Path(self.source.path)
+
+    @property
+    def device(self) -> str:
+        return self.source.device
+
+    @property
+    def classes(self) -> list[ClassSpec]:
+        return list(self.meta.classes)
+
+    @property
+    def bands(self) -> list[int]:
+        """1-based band indices the model reads, into the DataArray's ``band`` dimension."""
+        return list(self.meta.bands)
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.source.network()
+
+
+def load_model(path: str | Path, device: str = "auto") -> Model:
+    """Load a model bundle (folder or .zip, as `geoseg train` writes it) for ``segment`` and ``vectorize``.
+
+    ``device``: "auto" (a CUDA GPU when one is visible), "cpu" or "cuda". Raises ``BundleError`` for a
+    missing or malformed bundle.
+    """
+    resolved = str(Path(path).resolve())
+    source = ModelSource(resolved, resolve_device(device), bundle_version(resolved))
+    bundle = cached_bundle(source.path, source.device, source.version)
+    return Model(source, bundle.meta)
+
+
+@overload
+def segment(
+    da: xr.DataArray,
+    model: Model,
+    *,
+    tile: int | None = None,
+    overlap: int | None = None,
+    precision: str = "auto",
+    confidence: Literal[False] = False,
+) -> xr.DataArray: ...
+
+
+@overload
+def segment(
+    da: xr.DataArray,
+    model: Model,
+    *,
+    tile: int | None = None,
+    overlap: int | None = None,
+    precision: str = "auto",
+    confidence: Literal[True],
+) -> tuple[xr.DataArray, xr.DataArray]: ...
+
+
+def segment(
+    da: xr.DataArray,
+    model: Model,
+    *,
+    tile: int | None = None,
+    overlap: int | None = None,
+    precision: str = "auto",
+    confidence: bool = False,
+) -> xr.DataArray | tuple[xr.DataArray, xr.DataArray]:
+    """Class ids for a ``(band, y, x)`` DataArray with a CRS: a ``(y, x)`` uint8 DataArray, 255 = nodata.
+
+    The result has the input's y/x coordinates, CRS and transform, so ``classes.rio.to_raster(path)``
+    writes it on the input's grid. On Dask-backed input it is lazy and chunked like the input in y and x:
+    the model runs at ``.compute()`` or ``to_raster``, one chunk (plus a halo of up to one tile from its
+    neighbours) at a time, on whatever scheduler is active. NumPy-backed input is segmented at once.
+
+    Band ``i`` of the model's bundle (``model.bands``, 1-based) is position ``i - 1`` along ``band``.
+    Nodata: a pixel is 255 where every band is nodata (``da.rio.nodata``, i.e. ``_FillValue``) or NaN, as
+    a GeoTIFF's nodata mask is for `geoseg infer`; other NaNs are read as the encoded nodata value (or 0).
+    An alpha band is not read as a mask: turn it into nodata first (``da.where(alpha > 0)``).
+
+    ``tile`` and ``overlap`` default to the bundle's; ``precision`` is auto, fp32, bf16 or fp16, as for
+    `geoseg infer`. With ``confidence=True`` returns ``(classes, confidence)``, confidence a float32
+    DataArray (the blended probability of the chosen class, NaN at nodata); compute both together
+    (``dask.compute(classes, confidence)``), or the model runs twice.
+
+    Raises ``ArrayError`` (a ``ValueError``) when the array does not fit: not 3-D, no CRS, too few bands.
+    """
+    if not isinstance(model, Model):
+        raise TypeError(f"model must come from geoseg.load_model(path), not {type(model).__name__}")
+    band_dim, y_dim, x_dim = _dims(da)
+    crs = da.rio.crs
+    if crs is None:
+        raise ArrayError("the DataArray has no CRS; set one with da.rio.write_crs('EPSG:…')")
+    if da.sizes[y_dim] == 0 or da.sizes[x_dim] == 0:
+        raise ArrayError(f"the DataArray is empty ({da.sizes[y_dim]} × {da.sizes[x_dim]} pixels)")
+    if not (np.issubdtype(da.dtype, np.integer) or np.issubdtype(da.dtype, np.floating)):
+        raise ArrayError(f"the DataArray holds {da.dtype}; geoseg reads integer or floating-point imagery")
+    n_bands = da.sizes[band_dim]
+    if max(model.bands) > n_bands:
+        raise ArrayError(
+            f"the model reads bands {model.bands} (1-based) but the DataArray has {n_bands} along {band_dim!r}; "
+            "use a model trained on this kind of imagery, or select and order the bands it expects"
+        )
+    tile, overlap = window_size(tile, overlap, model.meta, name="overlap")
+    spec = InferenceSpec(
+        normalization=model.meta.normalization,
+        class_ids=[c.id for c in model.meta.classes],
+        tile=tile,
+        overlap=overlap,
+        batch_size=default_batch_size(model.device),
+        precision=resolve_precision(precision, model.device, name="precision"),
+    )
+    pixels = da.transpose(band_dim, y_dim, x_dim).data
+    lazy = isinstance(pixels, dask.array.Array)
+    if not lazy:
+        side = aligned_block_size(NUMPY_CHUNK, tile, overlap)
+        pixels = dask.array.from_array(np.asarray(pixels), chunks=(-1, side, side))
+    raw, valid = _raw_and_valid(pixels, [b - 1 for b in model.bands], da.rio.nodata, da.rio.encoded_nodata)
+    classes, probability = segment_array(raw, valid, model.source, spec, confidence)
+    out = _like(da, classes, band_dim, y_dim, x_dim, "classes", IGNORE_INDEX)
+    out.attrs.update(_class_attrs(model.classes))
+    if not lazy:
+        out = out.compute()
+    if probability is None:
+        return out
+    confidence_map = _like(da, probability, band_dim, y_dim, x_dim, "confidence", np.nan)
+    return (out, confidence_map) if lazy else (out, confidence_map.compute())
+
+
+def vectorize(
+    classes: xr.DataArray,
+    model: Model | None = None,
+    *,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    connectivity: int = 4,
+) -> gpd.GeoDataFrame:
+    """Polygons of a class map from ``segment`` (or any uint8 ``(y, x)`` DataArray with a CRS).
+
+    Fields as `geoseg vectorize` writes them: ``class_id``, ``class_name`` (from ``model``, else the
+    id), ``area`` in CRS units² and ``area_m2`` where the CRS is projected; the class map's CRS. Nodata
+    (255, or ``_FillValue``) makes no polygon. ``min_area`` drops smaller regions (CRS units²);
+    ``simplify`` is a tolerance in CRS units that keeps shared borders shared. The class map is computed
+    and held in memory (one byte a pixel); for maps larger than memory write it with ``to_raster`` and
+    run `geoseg vectorize`.
+    """
+    from geoseg.polygons import class_map_polygons
+
+    if classes.ndim != 2:
+        raise ArrayError(f"vectorize expects a (y, x) class map, got dims {classes.dims}")
+    if classes.rio.crs is None:
+        raise ArrayError("the class map has no CRS; set one with classes.rio.write_crs('EPSG:…')")
+    if classes.dtype not in (np.uint8, np.uint16):
+        raise ArrayError(f"a class map holds uint8 class ids, not {classes.dtype}")
+    y_dim, x_dim = classes.rio.y_dim, classes.rio.x_dim
+    values = np.asarray(classes.transpose(y_dim, x_dim).values)
+    nodata = classes.rio.nodata
+    return class_map_polygons(
+        values,
+        classes.rio.transform(),
+        classes.rio.crs,
+        classes=model.classes if model is not None else None,
+        nodata=int(nodata) if nodata is not None and float(nodata).is_integer() else None,
+        min_area=min_area,
+        simplify=simplify,
+        connectivity=connectivity,
+    )
+
+
+def _dims(da: xr.DataArray) -> tuple[str, str, str]:
+    """(band, y, x) dimension names, or a clear error."""
+    import xarray as xr
+
+    if not isinstance(da, xr.DataArray):
+        raise ArrayError(f"segment expects an xarray.DataArray, not {type(da).__name__}")
+    if da.ndim != 3:
+        hint = " (for one band: da.expand_dims('band'))" if da.ndim == 2 else ""
+        raise ArrayError(f"segment expects a (band, y, x) DataArray, got dims {da.dims}{hint}")
+    try:
+        y_dim, x_dim = da.rio.y_dim, da.rio.x_dim
+    except Exception as exc:  # rioxarray's MissingSpatialDimensionError and kin
+        raise ArrayError(f"the DataArray's spatial dimensions are not found ({exc}); name them y and x") from None
+    (band_dim,) = (d for d in da.dims if d not in (y_dim, x_dim))
+    return str(band_dim), str(y_dim), str(x_dim)
+
+
+def _raw_and_valid(
+    pixels: dask.array.Array, bands: list[int], nodata: float | None, encoded_nodata: float | None
+) -> tuple[dask.array.Array, dask.array.Array]:
+    """The model's bands (NaN filled) and the validity mask, valid where any band holds data."""
+    missing = dask.array.zeros(pixels.shape, dtype=bool, chunks=pixels.chunks)
+    if np.issubdtype(pixels.dtype, np.floating):
+        missing = dask.array.isnan(pixels)
+    if nodata is not None and not np.isnan(nodata):
+        missing = missing | (pixels == nodata)
+    valid = ~missing.all(axis=0)
+    raw = pixels[bands]
+    if np.issubdtype(raw.dtype, np.floating):
+        fill = encoded_nodata if encoded_nodata is not None and not np.isnan(encoded_nodata) else 0
+        raw = dask.array.where(dask.array.isnan(raw), raw.dtype.type(fill), raw)
+    return raw, valid
+
+
+def _like(
+    da: xr.DataArray, data: dask.array.Array, band_dim: str, y_dim: str, x_dim: str, name: str, nodata: float
+) -> xr.DataArray:
+    """``data`` on ``da``'s grid: its y/x coordinates (and the others not along bands), CRS and transform."""
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray as xr
+
+    coords = {key: coord for key, coord in da.coords.items() if band_dim not in coord.dims}
+    out = xr.DataArray(data, dims=(y_dim, x_dim), coords=coords, name=name)
+    out = out.rio.write_crs(da.rio.crs).rio.write_transform(da.rio.transform())
+    return out.rio.write_nodata(nodata, encoded=False)
+
+
+def _class_attrs(classes: list[ClassSpec]) -> dict[str, object]:
+    """CF's flags for categorical data: the class ids and their names (spaces become underscores)."""
+    return {
+        "long_name": "class id",
+        "flag_values": [c.id for c in classes],
+        "flag_meanings": " ".join(c.name.replace(" ", "_") for c in classes),
+    }
