@@ -200,3 +200,16 @@ def test_import_geoseg_stays_cheap() -> None:
     code = "import sys, geoseg, geoseg.cli; print(sorted({'torch', 'xarray', 'dask'} & set(sys.modules)))"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"
+
+
+def test_the_readme_example_runs(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Python API (xarray)") :]
+    example = section[section.index("```python\n") + len("```python\n") : section.index("```\n", 10)]
+    make_survey(tmp_path / "demo_output" / "plot_a", size=256, seed=0)
+    make_random_bundle(tmp_path / "demo_output" / "model", [1, 2, 3], n_classes=4, tile=128, overlap=16)
+    run = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "class 1" in run.stdout
+    with rasterio.open(tmp_path / "plot_a_classes.tif") as ds:
+        assert ds.dtypes[0] == "uint8" and ds.nodata == 255 and ds.crs is not None
