@@ -15,6 +15,7 @@ import pytest
 import rasterio
 import rioxarray
 import shapely
+import torch
 import xarray as xr
 
 import geoseg
@@ -88,6 +89,15 @@ def test_segment_equals_the_cli_on_a_generated_mosaic_with_a_nodata_collar(surve
         assert np.isnan(confidence.values[classes.values == 255]).all()
 
 
+def test_raster_smaller_than_a_tile_in_chunks_smaller_still(tmp_path: Path) -> None:
+    image = shared_data("new_brunswick", "23322E759967N_clipped_1m_1of2.tif")  # 280 x 341, one padded window
+    bundle = make_random_bundle(tmp_path / "rgb", [1, 2, 3], n_classes=3, tile=512, overlap=64)
+    segment_mosaic(image, bundle, tmp_path / "cli.tif", InferOptions(scheduler="sync"), progress=QUIET)
+    mosaic = rioxarray.open_rasterio(image, chunks={"y": 100, "x": 150})
+    classes = geoseg.segment(mosaic, geoseg.load_model(bundle, device="cpu"))
+    assert np.array_equal(classes.values, read_band(tmp_path / "cli.tif"))
+
+
 def test_result_keeps_the_grid_and_writes_with_to_raster(tmp_path: Path, survey: Path, survey_cli, rgb_model) -> None:
     mosaic = rioxarray.open_rasterio(survey, chunks={"y": 256, "x": 256})
     classes = geoseg.segment(mosaic, rgb_model)
@@ -141,8 +151,14 @@ def test_synchronous_scheduler_and_a_distributed_cluster_give_the_same_map(surve
     from distributed import Client, LocalCluster
 
     mosaic = rioxarray.open_rasterio(survey, chunks={"y": 256, "x": 256}).isel(y=slice(0, 512), x=slice(0, 512))
-    with dask.config.set(scheduler="synchronous"):
-        synchronous = geoseg.segment(mosaic, rgb_model).values
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with dask.config.set(scheduler="synchronous"):  # blocks run in this thread, with one torch thread each
+            synchronous = geoseg.segment(mosaic, rgb_model).values
+        assert torch.get_num_threads() == 2  # and the caller's setting is given back
+    finally:
+        torch.set_num_threads(threads)
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     with cluster, Client(cluster):
         distributed = geoseg.segment(mosaic, rgb_model).compute().values
