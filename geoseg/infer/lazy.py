@@ -1,13 +1,15 @@
 """Segment a Dask array lazily: `geoseg infer`'s blocks as a Dask graph over the array's chunks.
 
-Knows Dask, not xarray nor tensors. Each chunk is a block, and two kinds of tasks make its class map:
+Knows Dask, not xarray nor tensors. Each chunk is a block, and three kinds of tasks make its class map:
 
 - **contribution**: the windows of the raster-wide grid whose origin lies in the chunk, run by
   ``block.segment_block`` (the function `geoseg infer` runs per block) on the chunk and the halo its
-  windows reach into (up to a tile right and below, from the neighbouring chunks); then cut into one
-  piece per chunk it reaches, so the whole contribution is freed as soon as it is cut;
-- **finish**: the sum of the pieces reaching a chunk, turned into class ids by ``assemble.finish_block``,
-  as `geoseg infer` finishes a block.
+  windows reach into (up to a tile right and below, from the neighbouring chunks);
+- **settle**: the chunk's interior, which no other block's windows reach, finished at once (uint8, a
+  sixteenth of the int sums); its top and left bands wait as sums. Other chunks' contributions are cut
+  into pieces for those bands only, so a waiting chunk holds little however far ahead Dask runs;
+- **finish**: each band from all the pieces reaching it, by ``assemble.finish_block``, as `geoseg infer`
+  finishes a block, and the chunk stitched together.
 
 Every window runs once, and pieces are integers whose sum does not depend on order, so the class map is
 the same for any chunking and scheduler, and equal to `geoseg infer`'s.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from dataclasses import dataclass
 
 import dask
 import dask.array as da
@@ -28,6 +31,20 @@ from geoseg.config import IGNORE_INDEX
 from geoseg.infer.assemble import Contribution, Piece, block_span, finish_block, piece_for, reach
 from geoseg.infer.block import ModelSource, segment_block
 from geoseg.infer.engine import BlockResult, InferenceSpec, slice_padded
+from geoseg.io.raster import cap_gdal_cache
+from geoseg.memory import release_free_memory
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A chunk split by where its sums come from. Other blocks' windows reach only its top rows and left
+    columns (blocks own the windows whose origin they hold, and windows reach right and down), so the
+    rest, the interior, is complete once the chunk's own block has run and is finished right away:
+    what waits for the neighbours is an L of int sums, not the whole chunk's."""
+
+    core: Window
+    interior: Window | None
+    pending: tuple[Window, ...]  # the top band and the left band below it (empty ones left out)
 
 
 def segment_array(
@@ -48,24 +65,49 @@ def segment_array(
         for i, (r0, r1) in enumerate(itertools.pairwise(row_edges))
         for j, (c0, c1) in enumerate(itertools.pairwise(col_edges))
     }
-    pieces: dict[tuple[int, int], list[Delayed]] = {key: [] for key in cores}
-    own_valid: dict[tuple[int, int], Delayed] = {}
+    areas = {key: reach(core, shape, spec.tile, spec.overlap) for key, core in cores.items()}
+    sources: dict[tuple[int, int], list[tuple[int, int]]] = {key: [] for key in cores}  # blocks reaching a chunk
+    for key, area in areas.items():
+        for target in _chunks_under(area, row_edges, col_edges) if area is not None else []:
+            if target != key:
+                sources[target].append(key)
+    layouts = {key: _layout(cores[key], [areas[k] for k in sources[key]]) for key in cores}
+    contributions: dict[tuple[int, int], Delayed] = {}
     for key, core in cores.items():
         span = _clip(block_span(core, shape, spec.tile, spec.overlap), shape)
         rows = slice(int(span.row_off), int(span.row_off + span.height))
         cols = slice(int(span.col_off), int(span.col_off + span.width))
         block_pixels = (raw[:, rows, cols], valid[rows, cols])
-        contribution = dask.delayed(_contribution)(model, *block_pixels, span, core, shape, spec)
-        own_valid[key] = dask.delayed(_valid_of)(contribution)
-        area = reach(core, shape, spec.tile, spec.overlap)
-        for target in _chunks_under(area, row_edges, col_edges) if area is not None else []:
-            pieces[target].append(dask.delayed(piece_for)(contribution, cores[target]))
-    results = {
-        key: dask.delayed(_finish)(core, pieces[key], own_valid[key], spec, confidence) for key, core in cores.items()
-    }
+        contributions[key] = dask.delayed(_contribution)(model, *block_pixels, span, core, shape, spec)
+    results = {}
+    for key, layout in layouts.items():
+        settled = dask.delayed(_settle)(contributions[key], layout, spec, confidence)
+        received = [dask.delayed(_pieces_for)(contributions[k], layout.pending) for k in sources[key]]
+        results[key] = dask.delayed(_finish)(layout, settled, received, spec, confidence)
     classes = _assemble(results, cores, row_edges, col_edges, "classes", np.uint8)
     probability = _assemble(results, cores, row_edges, col_edges, "confidence", np.float32) if confidence else None
     return classes, probability
+
+
+def _layout(core: Window, reaching: list[Window | None]) -> _Layout:
+    """Where other blocks' ``reaching`` areas fall in ``core``: a top band and a left band."""
+    top, left = int(core.row_off), int(core.col_off)
+    height, width = int(core.height), int(core.width)
+    band = depth = 0  # rows from the top, columns from the left, that other blocks reach
+    for area in reaching:
+        if area is None:
+            continue
+        if int(area.row_off) < top:  # from a block above: down to its bottom edge
+            band = max(band, min(int(area.row_off + area.height), top + height) - top)
+        else:  # from a block to the left, in this row of blocks: up to its right edge
+            depth = max(depth, min(int(area.col_off + area.width), left + width) - left)
+    windows = [Window(left, top, width, band), Window(left, top + band, depth, height - band)]
+    interior = Window(left + depth, top + band, width - depth, height - band)
+    return _Layout(
+        core,
+        interior if interior.width > 0 and interior.height > 0 else None,
+        tuple(w for w in windows if w.width > 0 and w.height > 0),
+    )
 
 
 def _contribution(
@@ -78,6 +120,10 @@ def _contribution(
     spec: InferenceSpec,
 ) -> Contribution:
     """The block's contribution, reading from the in-memory ``span`` of the raster (0 and invalid outside)."""
+    # As `geoseg infer` does, per block: hand the previous blocks' freed arrays back to the system, and keep
+    # GDAL's block cache (it holds what the input's chunks read, 5 % of RAM by default) at 64 MiB.
+    release_free_memory()
+    cap_gdal_cache()
     top, left = int(span.row_off), int(span.col_off)
 
     def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -87,14 +133,54 @@ def _contribution(
     return segment_block(model, read, core, shape, spec)
 
 
-def _valid_of(contribution: Contribution) -> np.ndarray:
-    return contribution.valid
+Settled = tuple[BlockResult | None, list[Piece | None], list[np.ndarray]]
+
+
+def _settle(contribution: Contribution, layout: _Layout, spec: InferenceSpec, confidence: bool) -> Settled:
+    """The chunk's interior finished; its own sums and validity over the parts still waiting."""
+    interior = None
+    if layout.interior is not None:
+        own = piece_for(contribution, layout.interior)
+        interior = finish_block(layout.interior, [own] if own else [], _cut(contribution.valid, layout.core,
+                                layout.interior), spec, confidence)  # fmt: skip
+    waiting = _pieces_for(contribution, layout.pending)
+    valid = [_cut(contribution.valid, layout.core, window) for window in layout.pending]
+    return interior, waiting, valid
+
+
+def _pieces_for(contribution: Contribution, windows: tuple[Window, ...]) -> list[Piece | None]:
+    return [piece_for(contribution, window) for window in windows]
 
 
 def _finish(
-    core: Window, pieces: list[Piece | None], valid: np.ndarray, spec: InferenceSpec, confidence: bool
+    layout: _Layout, settled: Settled, received: list[list[Piece | None]], spec: InferenceSpec, confidence: bool
 ) -> BlockResult:
-    return finish_block(core, [p for p in pieces if p is not None], valid, spec, confidence)
+    """The chunk: its interior as settled, and each waiting part from every piece that reaches it."""
+    interior, waiting, valid = settled
+    height, width = int(layout.core.height), int(layout.core.width)
+    classes = np.empty((height, width), dtype=np.uint8)
+    probability = np.empty((height, width), dtype=np.float32) if confidence else None
+    parts = [(layout.interior, interior)] if layout.interior is not None else []
+    for k, window in enumerate(layout.pending):
+        pieces = [p for p in (waiting[k], *(r[k] for r in received)) if p is not None]
+        parts.append((window, finish_block(window, pieces, valid[k], spec, confidence)))
+    for window, result in parts:
+        rows, cols = _slices(layout.core, window)
+        classes[rows, cols] = result.classes
+        if probability is not None:
+            probability[rows, cols] = result.confidence
+    return BlockResult(classes, probability)
+
+
+def _cut(array: np.ndarray, core: Window, window: Window) -> np.ndarray:
+    """The part of a core-shaped ``array`` under ``window``."""
+    rows, cols = _slices(core, window)
+    return array[rows, cols]
+
+
+def _slices(core: Window, window: Window) -> tuple[slice, slice]:
+    r0, c0 = int(window.row_off - core.row_off), int(window.col_off - core.col_off)
+    return slice(r0, r0 + int(window.height)), slice(c0, c0 + int(window.width))
 
 
 def _classes(result: BlockResult) -> np.ndarray:
