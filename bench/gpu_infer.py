@@ -32,9 +32,9 @@ from infer_bench import SHARED_BENCH, make_bundle  # noqa: E402
 def forward_only(bundle: str, windows: int, batch: int, precision: str) -> None:
     import torch
 
-    from geoseg.infer.parallel import _cached_bundle
+    from geoseg.infer.block import cached_bundle
 
-    model = _cached_bundle(bundle, "cuda").model
+    model = cached_bundle(bundle, "cuda").model
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     generator = torch.Generator(device="cuda").manual_seed(0)
     torch.cuda.synchronize()
