@@ -5,10 +5,12 @@ Loading reads safetensors and JSON only; nothing is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,34 +155,33 @@ def bundle_version(path: str | Path) -> str:
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Load a bundle directory (or the same zipped) made by geoseg or by smp + geoseg.json alone."""
     path = Path(path)
-    if not path.exists():
-        raise BundleError("model bundle not found; pass the folder written by `geoseg train`", path)
-    if path.is_file():
-        if not zipfile.is_zipfile(path):
-            raise BundleError("is neither a bundle folder nor a zipped bundle", path)
-        with tempfile.TemporaryDirectory(prefix="geoseg-bundle-") as tmp:
-            with zipfile.ZipFile(path) as archive:
-                archive.extractall(tmp)
-            root = _bundle_root(Path(tmp), path)
-            bundle = _load_dir(root, device)
-            bundle.path = path
-            return bundle
-    return _load_dir(path, device)
+    with _bundle_folder(path) as root:
+        bundle = _load_dir(root, device)
+    bundle.path = path
+    return bundle
 
 
 def read_bundle_meta(path: str | Path) -> BundleMeta:
     """Only the bundle's ``geoseg.json`` (classes, bands, normalization), without loading the network."""
     path = Path(path)
+    with _bundle_folder(path) as root:
+        return _read_meta(root / META_FILE, path)
+
+
+@contextlib.contextmanager
+def _bundle_folder(path: Path) -> Iterator[Path]:
+    """The bundle's folder: ``path`` itself, or a zipped bundle extracted for the duration."""
     if not path.exists():
         raise BundleError("model bundle not found; pass the folder written by `geoseg train`", path)
     if path.is_dir():
-        return _read_meta(path / META_FILE, path)
+        yield path
+        return
     if not zipfile.is_zipfile(path):
         raise BundleError("is neither a bundle folder nor a zipped bundle", path)
     with tempfile.TemporaryDirectory(prefix="geoseg-bundle-") as tmp:
         with zipfile.ZipFile(path) as archive:
             archive.extractall(tmp)
-        return _read_meta(_bundle_root(Path(tmp), path) / META_FILE, path)
+        yield _bundle_root(Path(tmp), path)
 
 
 def _read_meta(meta_file: Path, source: Path) -> BundleMeta:
