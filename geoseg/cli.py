@@ -58,6 +58,14 @@ def chosen_remedy(remedy: Remedy, match_stats: bool) -> str:
     return Remedy.mosaic_stats.value if match_stats else remedy.value
 
 
+MinAreaOption = Annotated[
+    float,
+    typer.Option("--min-area", min=0, help="Drop polygons smaller than this (CRS units², m² for projected CRSs)."),
+]
+SimplifyOption = Annotated[
+    float,
+    typer.Option(min=0, help="Simplify polygons with this tolerance (CRS units); shared borders stay shared."),
+]
 ProgressOption = Annotated[
     ProgressMode,
     typer.Option(
@@ -191,14 +199,8 @@ def infer(
             help="Also write <stem>_confidence.tif (percent, the blended probability of the chosen class).",
         ),
     ] = False,
-    min_area: Annotated[
-        float,
-        typer.Option("--min-area", min=0, help="Drop polygons smaller than this (CRS units², m² for projected CRSs)."),
-    ] = 0.0,
-    simplify: Annotated[
-        float,
-        typer.Option(min=0, help="Simplify polygons with this tolerance (CRS units); shared borders stay shared."),
-    ] = 0.0,
+    min_area: MinAreaOption = 0.0,
+    simplify: SimplifyOption = 0.0,
     remedy: RemedyOption = Remedy.none,
     match_stats: MatchStatsOption = False,
     no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip the GeoPackage.")] = False,
@@ -380,8 +382,8 @@ def batch(
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16, as for `geoseg infer`.")] = "auto",
     confidence: Annotated[bool, typer.Option("--confidence", help="Also write <stem>_confidence.tif.")] = False,
     no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip the per-mosaic GeoPackages.")] = False,
-    min_area: Annotated[float, typer.Option("--min-area", min=0, help="Drop polygons smaller than this.")] = 0.0,
-    simplify: Annotated[float, typer.Option(min=0, help="Simplify polygons with this tolerance.")] = 0.0,
+    min_area: MinAreaOption = 0.0,
+    simplify: SimplifyOption = 0.0,
     merge_polygons: Annotated[
         bool,
         typer.Option(
@@ -482,14 +484,8 @@ def vectorize(
         Path | None,
         typer.Option("--model", "-m", help="Take class names from this bundle. Default: the class map's own table."),
     ] = None,
-    min_area: Annotated[
-        float,
-        typer.Option("--min-area", min=0, help="Drop polygons smaller than this (CRS units², m² for projected CRSs)."),
-    ] = 0.0,
-    simplify: Annotated[
-        float,
-        typer.Option(min=0, help="Simplify polygons with this tolerance (CRS units); shared borders stay shared."),
-    ] = 0.0,
+    min_area: MinAreaOption = 0.0,
+    simplify: SimplifyOption = 0.0,
     connectivity: Annotated[
         int, typer.Option(help="4: pixels touching by an edge form a region; 8: corners count too.")
     ] = 4,
