@@ -59,8 +59,10 @@ def style_layer(layer: QgsMapLayer, classes: list[BundleClass]) -> None:
 
 def save_default_style(path: str, classes: list[BundleClass]) -> None:
     """A .qml beside the class map, so it opens styled anywhere (drag and drop, qgis_process outputs)."""
+    if not classes:
+        return
     layer = QgsRasterLayer(path, "classes", "gdal")
-    if not layer.isValid() or not classes:
+    if not layer.isValid():
         return
     layer.setRenderer(paletted_renderer(layer, classes))
     layer.saveDefaultStyle()
@@ -69,8 +71,10 @@ def save_default_style(path: str, classes: list[BundleClass]) -> None:
 
 def save_default_vector_style(path: str, classes: list[BundleClass]) -> None:
     """The categorized style stored in the GeoPackage as its default, for the same reason."""
+    if not classes:
+        return
     layer = QgsVectorLayer(path, "polygons", "ogr")
-    if not layer.isValid() or not classes:
+    if not layer.isValid():
         return
     layer.setRenderer(categorized_renderer(classes))
     layer.saveStyleToDatabase("geoseg classes", "class colours from the model bundle", True, "")
