@@ -98,6 +98,7 @@ def segment(
     tile: int | None = None,
     overlap: int | None = None,
     precision: str = "auto",
+    tta: bool | None = None,
     confidence: Literal[False] = False,
 ) -> xr.DataArray: ...
 
@@ -110,6 +111,7 @@ def segment(
     tile: int | None = None,
     overlap: int | None = None,
     precision: str = "auto",
+    tta: bool | None = None,
     confidence: Literal[True],
 ) -> tuple[xr.DataArray, xr.DataArray]: ...
 
@@ -121,6 +123,7 @@ def segment(
     tile: int | None = None,
     overlap: int | None = None,
     precision: str = "auto",
+    tta: bool | None = None,
     confidence: bool = False,
 ) -> xr.DataArray | tuple[xr.DataArray, xr.DataArray]:
     """Class ids for a ``(band, y, x)`` DataArray with a CRS: a ``(y, x)`` uint8 DataArray, 255 = nodata.
@@ -166,6 +169,7 @@ def segment(
         overlap=overlap,
         batch_size=default_batch_size(model.device),
         precision=resolve_precision(precision, model.device, name="precision"),
+        tta=model.meta.tta_default if tta is None else tta,
     )
     pixels = da.transpose(band_dim, y_dim, x_dim).data
     lazy = isinstance(pixels, dask.array.Array)

@@ -16,6 +16,7 @@ import torch
 from rasterio.windows import Window
 
 from geoseg.data.preprocess import Normalization
+from geoseg.tta import averaged_probabilities
 
 Reader = Callable[[Window], tuple[np.ndarray, np.ndarray]]
 
@@ -28,6 +29,7 @@ class InferenceSpec:
     overlap: int
     batch_size: int = 4
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype for the forward pass
+    tta: bool = False  # average the eight flips and 90° rotations of each window (geoseg/tta.py)
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,12 @@ def forward_windows(
         for i, (r, c) in enumerate(chunk):
             batch[i] = image[:, r - top : r - top + tile, c - left : c - left + tile]
         x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
-        with _autocast(device, spec.precision):
-            logits = model(x)
-        probs = torch.softmax(logits.float(), dim=1)[: len(chunk)].cpu().numpy()
+
+        def logits_of(view: torch.Tensor) -> torch.Tensor:
+            with _autocast(device, spec.precision):
+                return model(view.contiguous(memory_format=torch.channels_last))
+
+        probs = averaged_probabilities(logits_of, x, spec.tta)[: len(chunk)].cpu().numpy()
         yield chunk, probs
 
 
@@ -76,6 +81,7 @@ def predict_block(
     tile: int,
     overlap: int,
     batch_size: int = 4,
+    tta: bool = False,
 ) -> np.ndarray:
     """Class ids for a whole in-memory (bands, h, w) raster: the raster is one block."""
     from geoseg.infer.assemble import Assembler, block_contribution
@@ -85,7 +91,7 @@ def predict_block(
     def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
         return slice_padded(raw, valid, window)
 
-    spec = InferenceSpec(normalization, class_ids, tile, overlap, batch_size)
+    spec = InferenceSpec(normalization, class_ids, tile, overlap, batch_size, tta=tta)
     assembler = Assembler((height, width), max(height, width), spec, confidence=False)
     contribution = block_contribution(model, read, Window(0, 0, width, height), (height, width), spec)
     ((_, result),) = assembler.add(contribution)

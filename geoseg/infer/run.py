@@ -52,6 +52,7 @@ class InferOptions:
     aoi: Path | None = None
     confidence: bool = False
     remedy: str = "none"  # none | mosaic-stats | histogram: map each band onto the training data first
+    tta: bool | None = None  # None: the bundle's default (its training recipe's)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str
         overlap=overlap,
         batch_size=options.batch_size or default_batch_size(device),
         precision=precision,
+        tta=meta.tta_default if options.tta is None else options.tta,
     )
     grid = info.grid
     assembler = Assembler((grid.height, grid.width), options.block_size, spec, confidence)
@@ -134,7 +136,7 @@ def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str
                                          "match_stats": options.remedy == "mosaic-stats",  # its name before remedies
                                          **remedy_record(options.remedy, normalization),
                                          "drift": drift.without_histograms() if drift else None, "tile": tile,
-                                         "overlap": overlap, "precision": spec.precision,
+                                         "overlap": overlap, "precision": spec.precision, "tta": spec.tta,
                                          "bundle": str(bundle_path)})}  # fmt: skip
     return MosaicPlan(Path(mosaic), info, spec, list(meta.classes), jobs, assembler, tags, drift)
 

@@ -48,6 +48,12 @@ class BundleMeta:
     geoseg_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept so the format can grow
 
+    @property
+    def tta_default(self) -> bool:
+        """Whether inference averages flips and rotations unless told otherwise: the training recipe's choice."""
+        recipe = self.extra.get("recipe")
+        return bool(recipe.get("tta", False)) if isinstance(recipe, dict) else False
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
