@@ -78,19 +78,38 @@ class AugmentConfig:
     rot90: bool = True
     brightness: float = 0.1
     contrast: float = 0.1
-    scale_jitter: float = 0.0  # e.g. 0.2 for random zoom in [0.8, 1.2]
+    scale_jitter: float = 0.25  # random zoom: window sides drawn in [size·(1-f), size·(1+f)], resized back
+    color: float = 0.05  # per-band gain jitter (±f), a change of white balance
+    blur: float = 1.0  # Gaussian blur with σ up to this many px, on a quarter of the windows (0 = off)
+    noise: float = 0.02  # Gaussian noise of σ up to this, in scaled 0..1 units, on a quarter of the windows
+
+
+LOSSES = ("ce", "ce+dice", "ce+lovasz", "focal", "ce+focal", "dice")
+SCHEDULES = ("cosine", "onecycle", "constant")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    tile_size: int = 512
+    """Training settings. ``tile_size`` and ``steps`` None mean "auto": fitted to the labelled area
+    (geoseg/recipe.py) once the images are read; ``epochs`` None means "as many as ``steps`` need"."""
+
+    tile_size: int | None = None
     batch_size: int = 8
-    lr: float = 1e-4
-    epochs: int = 1000
+    lr: float = 5e-4
+    steps: int | None = None
+    epochs: int | None = None
     samples_per_epoch: int = 256
     optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    loss: str = "ce"  # ce | ce+dice | focal | ce+focal
+    weight_decay: float = 1e-2
+    encoder_lr: float = 1.0  # the pretrained encoder's learning rate as a multiple of lr (0 freezes it)
+    loss: str = "ce+dice"
+    class_weights: str = "none"  # none | balanced: cross-entropy weighted by inverse square-root class frequency
+    schedule: str = "cosine"  # cosine | onecycle | constant, after a linear warm-up
+    warmup: float = 0.05  # share of the steps spent warming the learning rate up from zero
+    ema: float = 0.998  # decay of an exponential moving average of the weights (0 = off); the bundle keeps the EMA
+    tta: bool = True  # validate with flips and 90° rotations averaged, and make that the bundle's inference default
+    decoder_dropout: float = 0.1  # channel dropout on the decoder's output, training only
+    refit: bool = False  # after choosing the step count on validation, train again on training + validation
     early_stopping_patience: int = 50
     rare_class_sampling: bool = False
     seed: int = 0
@@ -184,6 +203,13 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise self.fail(name, f"expected an integer in [{lo}, {hi}], got {value!r}")
         return value
+
+    def auto_integer(self, section: dict, key: str, lo: int, hi: int, name: str) -> int | None:
+        """An integer, or None for ``auto`` (also when the key is absent)."""
+        value = section.get(key, "auto")
+        if value in ("auto", None):
+            return None
+        return self.integer(section, key, 0, lo, hi, name + " (or auto)")
 
     def choice(self, section: dict, key: str, default: str, options: tuple[str, ...], name: str) -> str:
         value = section.get(key, default)
@@ -358,16 +384,25 @@ def _parse_train(r: _Reader, section: dict) -> TrainConfig:
     r.unknown_keys(aug, set(AugmentConfig.__dataclass_fields__), "train.augment")
     da = AugmentConfig()
     return TrainConfig(
-        tile_size=r.integer(section, "tile_size", d.tile_size, 32, 4096, "train.tile_size"),
+        tile_size=r.auto_integer(section, "tile_size", 32, 4096, "train.tile_size"),
         batch_size=r.integer(section, "batch_size", d.batch_size, 1, 1024, "train.batch_size"),
         lr=r.number(section, "lr", d.lr, 1e-8, 1.0, "train.lr"),
-        epochs=r.integer(section, "epochs", d.epochs, 1, 1_000_000, "train.epochs"),
+        steps=r.auto_integer(section, "steps", 1, 100_000_000, "train.steps"),
+        epochs=r.auto_integer(section, "epochs", 1, 1_000_000, "train.epochs"),
         samples_per_epoch=r.integer(
             section, "samples_per_epoch", d.samples_per_epoch, 1, 10_000_000, "train.samples_per_epoch"
         ),
         optimizer=r.choice(section, "optimizer", d.optimizer, ("adam", "adamw"), "train.optimizer"),
         weight_decay=r.number(section, "weight_decay", d.weight_decay, 0.0, 1.0, "train.weight_decay"),
-        loss=r.choice(section, "loss", d.loss, ("ce", "ce+dice", "focal", "ce+focal"), "train.loss"),
+        encoder_lr=r.number(section, "encoder_lr", d.encoder_lr, 0.0, 10.0, "train.encoder_lr"),
+        loss=r.choice(section, "loss", d.loss, LOSSES, "train.loss"),
+        class_weights=r.choice(section, "class_weights", d.class_weights, ("none", "balanced"), "train.class_weights"),
+        schedule=r.choice(section, "schedule", d.schedule, SCHEDULES, "train.schedule"),
+        warmup=r.number(section, "warmup", d.warmup, 0.0, 0.5, "train.warmup"),
+        ema=r.number(section, "ema", d.ema, 0.0, 0.99999, "train.ema"),
+        tta=r.flag(section, "tta", d.tta, "train.tta"),
+        decoder_dropout=r.number(section, "decoder_dropout", d.decoder_dropout, 0.0, 0.9, "train.decoder_dropout"),
+        refit=r.flag(section, "refit", d.refit, "train.refit"),
         early_stopping_patience=r.integer(
             section,
             "early_stopping_patience",
@@ -385,6 +420,9 @@ def _parse_train(r: _Reader, section: dict) -> TrainConfig:
             brightness=r.number(aug, "brightness", da.brightness, 0.0, 1.0, "train.augment.brightness"),
             contrast=r.number(aug, "contrast", da.contrast, 0.0, 1.0, "train.augment.contrast"),
             scale_jitter=r.number(aug, "scale_jitter", da.scale_jitter, 0.0, 0.9, "train.augment.scale_jitter"),
+            color=r.number(aug, "color", da.color, 0.0, 0.5, "train.augment.color"),
+            blur=r.number(aug, "blur", da.blur, 0.0, 10.0, "train.augment.blur"),
+            noise=r.number(aug, "noise", da.noise, 0.0, 0.5, "train.augment.noise"),
         ),
     )
 

@@ -29,7 +29,7 @@ def demo_config(image: Path, labels: Path, weights: str | None, encoder: str) ->
             "quality_mask": {"enabled": True},
         },
         "model": {"encoder": encoder, "weights": weights},
-        "train": {"tile_size": 256, "batch_size": 4, "lr": 0.001, "epochs": 1000, "samples_per_epoch": 2000},
+        "train": {"tile_size": 256, "batch_size": 4, "lr": 0.001, "samples_per_epoch": 2000},
     }
 
 

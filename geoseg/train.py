@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from geoseg.adaptation import METHOD as ADAPTATION_METHOD
 from geoseg.adaptation import energy_term
-from geoseg.config import IGNORE_INDEX, ClassSpec, Config
+from geoseg.config import IGNORE_INDEX, ClassSpec, Config, TrainConfig
 from geoseg.data.datasets import ImageCollection, LabeledOrtho, PixelWindow
 from geoseg.data.prepare import TrainingSet, build_training_set, describe, image_bands, load_images
 from geoseg.data.sampling import MultiImageSampler
@@ -34,6 +36,8 @@ from geoseg.io.raster import ensure_writable
 from geoseg.metrics import SegmentationScores, scores_from_confusion
 from geoseg.model.build import build_unet
 from geoseg.model.bundle import BundleMeta, save_bundle
+from geoseg.recipe import lr_factor, resolve_recipe
+from geoseg.tta import averaged_probabilities
 
 
 @dataclass
@@ -66,35 +70,53 @@ class ValidationWindows(Dataset):
 
 class SegmentationTask(L.LightningModule):
     """Supervised segmentation; with ``energy_weight`` set, batches are ``{"source", "target"}`` and the
-    energy-based adaptation term on the unlabeled target windows joins the loss (see geoseg/adaptation.py)."""
+    energy-based adaptation term on the unlabeled target windows joins the loss (see geoseg/adaptation.py).
+
+    The recipe's parts (geoseg/recipe.py): a warm-up and decay of the learning rate over ``total_steps``,
+    an exponential moving average of the weights (``ema_model``, which validation scores and the bundle
+    keeps), channel dropout on the decoder's output, and validation with test-time augmentation.
+    """
 
     def __init__(
         self,
         model: torch.nn.Module,
         n_classes: int,
-        loss: str,
-        lr: float,
-        optimizer: str,
-        weight_decay: float,
+        recipe: TrainConfig,
+        total_steps: int,
+        class_weights: torch.Tensor | None = None,
         energy_weight: float | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        self.recipe = recipe
+        self.total_steps = total_steps
         self.energy_weight = energy_weight
         self.energy_gaps: list[float] = []
         self.n_classes = n_classes
-        self.lr, self.optimizer_name, self.weight_decay = lr, optimizer, weight_decay
-        self.ce = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+        self.ema_model = copy.deepcopy(model).requires_grad_(False) if recipe.ema > 0 else None
+        if recipe.decoder_dropout > 0:
+            model.segmentation_head.register_forward_pre_hook(_channel_dropout(recipe.decoder_dropout))
+        self.ce = torch.nn.CrossEntropyLoss(weight=class_weights, ignore_index=IGNORE_INDEX)
+        loss = recipe.loss
         self.extra_loss: torch.nn.Module | None = None
         if "dice" in loss:
             self.extra_loss = smp.losses.DiceLoss("multiclass", ignore_index=IGNORE_INDEX)
+        if "lovasz" in loss:
+            self.extra_loss = smp.losses.LovaszLoss("multiclass", ignore_index=IGNORE_INDEX)
         if "focal" in loss:
             self.extra_loss = smp.losses.FocalLoss("multiclass", ignore_index=IGNORE_INDEX)
-        self.use_ce = loss != "focal"
+        self.use_ce = loss.startswith("ce")
         # torchmetrics accumulates on the model's device and skips ignored pixels itself.
         self.confusion = MulticlassConfusionMatrix(n_classes, ignore_index=IGNORE_INDEX)
         self.history: list[SegmentationScores] = []
+        self.history_steps: list[int] = []
         self.losses: list[float] = []
+        self.targets: TargetSet | None = None
+
+    @property
+    def final_model(self) -> torch.nn.Module:
+        """The network the bundle keeps: the weights' moving average when the recipe keeps one."""
+        return self.ema_model if self.ema_model is not None else self.model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -123,20 +145,27 @@ class SegmentationTask(L.LightningModule):
                 self.log("train/energy_gap", gap, on_step=True, on_epoch=True, batch_size=len(target["image"]))
         return loss
 
+    def on_train_batch_end(self, *_: Any) -> None:
+        if self.ema_model is not None:
+            update_ema(self.ema_model, self.model, self.recipe.ema, self.global_step)
+
     def on_validation_epoch_start(self) -> None:
         self.confusion.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
-        logits = self(batch["image"])
+        network = self.final_model.eval()
+        probs = averaged_probabilities(network, batch["image"], self.recipe.tta)
         target = batch["mask"].long()
-        self.log("val/loss", self._loss(logits.float(), target), batch_size=len(target))
-        self.confusion.update(logits.argmax(1), target)
+        loss = torch.nn.functional.nll_loss(probs.clamp_min(1e-8).log(), target, ignore_index=IGNORE_INDEX)
+        self.log("val/loss", loss, batch_size=len(target))
+        self.confusion.update(probs.argmax(1), target)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
         scores = scores_from_confusion(self.confusion.compute().cpu().numpy())
         self.history.append(scores)
+        self.history_steps.append(self.global_step)
         self.log("val/miou", scores.miou if not math.isnan(scores.miou) else 0.0, prog_bar=True)
         for k in range(self.n_classes):
             iou = scores.iou[k]
@@ -144,9 +173,48 @@ class SegmentationTask(L.LightningModule):
             f1 = scores.f1[k]
             self.log(f"val/f1_{k}", 0.0 if math.isnan(f1) else float(f1))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        optimizer = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
-        return optimizer(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+    def configure_optimizers(self) -> Any:
+        r = self.recipe
+        optimizer_class = torch.optim.AdamW if r.optimizer == "adamw" else torch.optim.Adam
+        encoder = list(self.model.encoder.parameters())
+        in_encoder = {id(p) for p in encoder}
+        rest = [p for p in self.model.parameters() if id(p) not in in_encoder]
+        groups = [{"params": rest, "lr": r.lr}]
+        if r.encoder_lr > 0:
+            groups.append({"params": encoder, "lr": r.lr * r.encoder_lr})
+        else:
+            for p in encoder:
+                p.requires_grad_(False)
+        optimizer = optimizer_class(groups, lr=r.lr, weight_decay=r.weight_decay)
+        factor = lr_factor(r.schedule, self.total_steps, r.warmup)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _channel_dropout(p: float) -> Callable[[torch.nn.Module, tuple], tuple]:
+    """A pre-hook dropping whole decoder channels in training; the saved network stays a plain smp U-Net."""
+
+    def hook(module: torch.nn.Module, args: tuple) -> tuple:
+        return (torch.nn.functional.dropout2d(args[0], p, training=module.training), *args[1:])
+
+    return hook
+
+
+@torch.no_grad()
+def update_ema(average: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """One step of the weights' exponential moving average.
+
+    The decay ramps up as (1 + step) / (10 + step) so early averages are not dominated by the random head.
+    Floating-point buffers (BatchNorm statistics) are averaged alike, integer ones copied.
+    """
+    d = min(decay, (1 + step) / (10 + step))
+    for avg, new in zip(average.parameters(), model.parameters(), strict=True):
+        avg.lerp_(new.detach(), 1 - d)
+    for avg, new in zip(average.buffers(), model.buffers(), strict=True):
+        if avg.is_floating_point():
+            avg.lerp_(new, 1 - d)
+        else:
+            avg.copy_(new)
 
 
 class StepProgress(Callback):
@@ -176,6 +244,17 @@ class ClassTablePrinter(Callback):
         )
 
 
+@dataclass
+class _Fit:
+    """One run of the training loop: the task (weights, history), its data and the best checkpoint's step."""
+
+    task: SegmentationTask
+    ts: TrainingSet
+    steps: int
+    epochs: int
+    best_step: int | None
+
+
 def train(
     cfg: Config,
     out: Path,
@@ -188,12 +267,83 @@ def train(
     callbacks: list[Callback] | None = None,
     step_progress: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
-    """Train a U-Net as ``cfg`` says and write the bundle to ``out`` (checkpoints beside it)."""
+    """Train a U-Net as ``cfg`` says and write the bundle to ``out`` (checkpoints beside it).
+
+    ``max_steps`` caps the recipe's step budget; the learning-rate schedule then runs over the capped count.
+    """
     work = out.with_name(out.name + ".train")
     _check_outputs(out, work, overwrite, resume)
     accelerator = resolve_device(device)
-    weights = cfg.model.weights
     images = load_images(cfg)
+    cfg = replace(cfg, train=resolve_recipe(cfg.train, [(im.labels, im.validation) for im in images]))
+    t = cfg.train
+    assert t.steps is not None and t.tile_size is not None
+    total = min(t.steps, max_steps) if max_steps is not None else t.steps
+    emit(f"recipe: {t.tile_size}px windows, batch {t.batch_size}, {total} steps, lr {t.lr:g} ({t.schedule}), "
+         f"loss {t.loss}, EMA {t.ema:g}, TTA {'on' if t.tta else 'off'}")  # fmt: skip
+    if work.exists() and not resume:
+        shutil.rmtree(work)
+    _quiet_lightning()
+    common = {"accelerator": accelerator, "total": total, "emit": emit, "progress_bar": progress_bar,
+              "callbacks": callbacks, "step_progress": step_progress}  # fmt: skip
+    fit = _fit(cfg, images, work, resume=resume, stop_at=None, **common)
+    validated = fit
+    if t.refit and fit.best_step is not None:
+        emit(f"refit: training again on the training and validation regions for {fit.best_step} of {total} steps "
+             "(the best validation step)")  # fmt: skip
+        everything = [replace(im, validation=np.zeros_like(im.validation)) for im in images]
+        fit = _fit(cfg, everything, work / "refit", resume=False, stop_at=max(1, fit.best_step), **common)
+    task, ts = fit.task, fit.ts
+    scores = _best_scores(validated.task)
+    final = task.final_model
+    meta = BundleMeta(
+        classes=cfg.data.classes,
+        bands=ts.bands,
+        normalization=ts.normalization,
+        tile_size=t.tile_size,
+        overlap=max(16, t.tile_size // 8),
+        resolution=float(ts.images[0].info.grid.res[0]),
+        train_stats={
+            "bands": [s.to_json() for s in ts.stats],
+            "dtype": ts.images[0].info.dtype,
+            "low_confidence": _training_low_confidence(final, ts, t.tile_size),
+        },
+        metrics=scores.to_json([c.name for c in cfg.data.classes], [c.id for c in cfg.data.classes])
+        if scores
+        else None,
+        extra={
+            "training": {
+                "encoder": cfg.model.encoder,
+                "weights": cfg.model.weights,
+                "steps": fit.steps,
+                "epochs": fit.epochs,
+                "config": str(cfg.path),
+            },
+            "recipe": _recipe_record(t, total, validated.best_step, refit=fit is not validated),
+            **_adaptation_record(cfg, fit.ts, task),
+        },
+    )
+    final.cpu().eval()
+    bundle = save_bundle(final, meta, out, overwrite=overwrite or resume)
+    return TrainResult(bundle=bundle, model=final, scores=scores, steps=fit.steps, losses=task.losses)
+
+
+def _fit(
+    cfg: Config,
+    images: list,
+    work: Path,
+    accelerator: str,
+    total: int,
+    resume: bool,
+    stop_at: int | None,
+    emit: Any,
+    progress_bar: bool,
+    callbacks: list[Callback] | None,
+    step_progress: Callable[[int, int], None] | None,
+) -> _Fit:
+    """Train for ``total`` steps of schedule (stopping at ``stop_at`` if given), keeping the best validation state."""
+    t = cfg.train
+    weights = cfg.model.weights
     model = build_unet(cfg.model.encoder, len(image_bands(cfg, images)), len(cfg.data.classes), weights)
     ts = build_training_set(cfg, images, pretrained=weights is not None)
     emit(describe(ts))
@@ -202,18 +352,14 @@ def train(
     )
     if targets is not None:
         emit(f"adapting to {len(targets.paths)} unlabeled target mosaic(s), energy term weight {cfg.adaptation.weight}")
-    t = cfg.train
-    _quiet_lightning()
     L.seed_everything(t.seed, workers=True, verbose=False)
-    steps_per_epoch = math.ceil(t.samples_per_epoch / t.batch_size)
-    if max_steps is not None:
-        steps_per_epoch = min(steps_per_epoch, max_steps)
+    steps = stop_at or total
+    steps_per_epoch = min(math.ceil(t.samples_per_epoch / t.batch_size), steps)
     ts.train_sampler.length = steps_per_epoch * t.batch_size
     if targets is not None:
         targets.sampler.length = steps_per_epoch * t.batch_size
-    if work.exists() and not resume:
-        shutil.rmtree(work)
-    task = SegmentationTask(model, len(cfg.data.classes), t.loss, t.lr, t.optimizer, t.weight_decay,
+    weights_per_class = class_weights(ts, len(cfg.data.classes)) if t.class_weights == "balanced" else None
+    task = SegmentationTask(model, len(cfg.data.classes), t, total, weights_per_class,
                             energy_weight=cfg.adaptation.weight if targets is not None else None)  # fmt: skip
     checkpoint = ModelCheckpoint(
         dirpath=work / "checkpoints",
@@ -223,11 +369,11 @@ def train(
         save_last=True,
         enable_version_counter=False,
     )
-    callbacks = [checkpoint, ClassTablePrinter(cfg.data.classes, emit), *(callbacks or [])]
+    all_callbacks = [checkpoint, ClassTablePrinter(cfg.data.classes, emit), *(callbacks or [])]
     if step_progress is not None:
-        callbacks.append(StepProgress(step_progress, max_steps or t.epochs * steps_per_epoch))
+        all_callbacks.append(StepProgress(step_progress, steps))
     if t.early_stopping_patience and ts.val_windows:
-        callbacks.append(
+        all_callbacks.append(
             EarlyStopping(
                 monitor="val/miou",
                 mode="max",
@@ -240,11 +386,11 @@ def train(
         accelerator=accelerator,
         devices=1,
         precision=training_precision(accelerator),
-        max_epochs=t.epochs,
-        max_steps=max_steps if max_steps is not None else -1,
+        max_epochs=-1,
+        max_steps=steps,
         limit_val_batches=None if ts.val_windows else 0,
         num_sanity_val_steps=0,
-        callbacks=callbacks,
+        callbacks=all_callbacks,
         logger=CSVLogger(str(work), name="logs", version=""),
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
@@ -259,36 +405,51 @@ def train(
     best = _best_state(checkpoint)
     if best is not None:
         task.load_state_dict(best)
-    scores = max(task.history, key=lambda s: np.nan_to_num(s.miou, nan=-1.0)) if task.history else None
-    meta = BundleMeta(
-        classes=cfg.data.classes,
-        bands=ts.bands,
-        normalization=ts.normalization,
-        tile_size=t.tile_size,
-        overlap=max(16, t.tile_size // 8),
-        resolution=float(ts.images[0].info.grid.res[0]),
-        train_stats={
-            "bands": [s.to_json() for s in ts.stats],
-            "dtype": ts.images[0].info.dtype,
-            "low_confidence": _training_low_confidence(task.model, ts, t.tile_size),
-        },
-        metrics=scores.to_json([c.name for c in cfg.data.classes], [c.id for c in cfg.data.classes])
-        if scores
-        else None,
-        extra={
-            "training": {
-                "encoder": cfg.model.encoder,
-                "weights": weights,
-                "steps": trainer.global_step,
-                "epochs": trainer.current_epoch,
-                "config": str(cfg.path),
-            },
-            **_adaptation_record(cfg, targets, task),
-        },
-    )
-    task.model.cpu().eval()
-    bundle = save_bundle(task.model, meta, out, overwrite=overwrite or resume)
-    return TrainResult(bundle=bundle, model=task.model, scores=scores, steps=trainer.global_step, losses=task.losses)
+    best_step = None
+    if task.history:
+        best_index = max(range(len(task.history)), key=lambda i: np.nan_to_num(task.history[i].miou, nan=-1.0))
+        best_step = task.history_steps[best_index]
+    task.targets = targets  # for the bundle's adaptation record
+    return _Fit(task, ts, trainer.global_step, trainer.current_epoch, best_step)
+
+
+def _best_scores(task: SegmentationTask) -> SegmentationScores | None:
+    return max(task.history, key=lambda s: np.nan_to_num(s.miou, nan=-1.0)) if task.history else None
+
+
+def class_weights(ts: TrainingSet, n_classes: int) -> torch.Tensor:
+    """Cross-entropy weights 1/sqrt(class frequency) over the training labels, scaled to a pixel-weighted mean of 1."""
+    counts = np.zeros(n_classes, dtype=np.float64)
+    for im in ts.images:
+        train_labels = im.labels[(im.labels != IGNORE_INDEX) & ~im.validation]
+        counts += np.bincount(train_labels, minlength=n_classes)[:n_classes]
+    freq = counts / max(counts.sum(), 1)
+    weights = np.where(counts > 0, 1 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
+    weights /= max((weights * freq).sum(), 1e-12)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _recipe_record(t: TrainConfig, total: int, best_step: int | None, refit: bool) -> dict:
+    """The bundle's ``recipe`` key: how the weights were made, and the inference default (``tta``)."""
+    return {
+        "tile_size": t.tile_size,
+        "batch_size": t.batch_size,
+        "steps": total,
+        "best_step": best_step,
+        "refit": refit,
+        "lr": t.lr,
+        "schedule": t.schedule,
+        "warmup": t.warmup,
+        "optimizer": t.optimizer,
+        "weight_decay": t.weight_decay,
+        "encoder_lr": t.encoder_lr,
+        "loss": t.loss,
+        "class_weights": t.class_weights,
+        "ema": t.ema,
+        "decoder_dropout": t.decoder_dropout,
+        "augment": dataclasses.asdict(t.augment),
+        "tta": t.tta,
+    }
 
 
 def _check_outputs(out: Path, work: Path, overwrite: bool, resume: bool) -> None:
@@ -351,8 +512,9 @@ def _training_low_confidence(model: torch.nn.Module, ts: TrainingSet, tile: int)
     return {"share": low / max(total, 1), "threshold": CONFIDENCE_THRESHOLD, "pixels": total, "windows": windows}
 
 
-def _adaptation_record(cfg: Config, targets: TargetSet | None, task: SegmentationTask) -> dict:
+def _adaptation_record(cfg: Config, _: TrainingSet, task: SegmentationTask) -> dict:
     """The bundle's ``adaptation`` key: that the model was adapted, to what, and how."""
+    targets: TargetSet | None = task.targets
     if targets is None:
         return {}
     gaps = task.energy_gaps[-20:]

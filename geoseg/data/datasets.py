@@ -20,6 +20,7 @@ import shapely
 import torch
 from geopandas import GeoDataFrame
 from rasterio.windows import Window
+from scipy import ndimage
 from torch.utils.data import Dataset
 from torchgeo.datasets import GeoDataset
 from torchgeo.datasets.utils import GeoSlice
@@ -125,7 +126,9 @@ class LabeledOrtho(GeoDataset):
         return out
 
     def _augmented(self, scaled: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Flips, 90° rotations (views, no copies) and brightness/contrast jitter in scaled 0..1 units."""
+        """Flips and 90° rotations (views, no copies), then photometric jitter in scaled 0..1 units:
+        brightness/contrast, per-band gain (white balance), and on a quarter of the windows each, blur
+        and sensor noise. Geometry changes image and mask alike; photometry the image only."""
         aug = self.augment
         assert aug is not None
         rng = self._generator()
@@ -140,7 +143,17 @@ class LabeledOrtho(GeoDataset):
             contrast = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
             brightness = rng.uniform(-aug.brightness, aug.brightness)
             centre = float(scaled.mean())
-            scaled = np.clip((scaled - centre) * contrast + (centre + brightness), 0.0, 1.0, dtype=np.float32)
+            scaled = (scaled - centre) * contrast + (centre + brightness)
+        if aug.color:
+            gains = 1.0 + rng.uniform(-aug.color, aug.color, size=(scaled.shape[0], 1, 1))
+            scaled = scaled * gains.astype(np.float32)
+        if aug.blur and rng.random() < 0.25:
+            sigma = rng.uniform(0.3, aug.blur)
+            scaled = ndimage.gaussian_filter(np.asarray(scaled, dtype=np.float32), sigma=(0, sigma, sigma))
+        if aug.noise and rng.random() < 0.25:
+            scaled = scaled + rng.normal(0.0, rng.uniform(0, aug.noise), size=scaled.shape).astype(np.float32)
+        if aug.brightness or aug.contrast or aug.color or aug.noise:
+            scaled = np.clip(scaled, 0.0, 1.0, dtype=np.float32)
         return scaled, mask
 
     def _generator(self) -> np.random.Generator:

@@ -11,7 +11,7 @@ import segmentation_models_pytorch as smp
 import torch
 from rasterio.windows import from_bounds
 
-from geoseg.config import IGNORE_INDEX, load_config
+from geoseg.config import IGNORE_INDEX, TrainConfig, load_config
 from geoseg.data.prepare import build_training_set, load_images
 from geoseg.evaluate import evaluate
 from geoseg.infer.whole import segment_file
@@ -154,7 +154,7 @@ train: {{tile_size: 128, batch_size: 4, samples_per_epoch: 64}}
     assert result.scores.confusion.sum() == int(((truth != IGNORE_INDEX) & region).sum())
 
     # The loss reads labelled pixels only: changing logits where the label is 255 changes nothing.
-    task = SegmentationTask(result.model, 2, "ce+dice", 1e-3, "adamw", 0.0)
+    task = SegmentationTask(result.model, 2, TrainConfig(loss="ce+dice"), total_steps=10)
     target = torch.from_numpy(truth[:128, :128].astype(np.int64))[None]
     logits = torch.randn(1, 2, 128, 128, generator=torch.Generator().manual_seed(0))
     changed = logits.clone()

@@ -39,7 +39,8 @@ def test_minimal_config_and_defaults(tmp_path: Path) -> None:
     assert [c.id for c in cfg.data.classes] == [1, 2]  # ids default to the numeric label value
     assert [c.name for c in cfg.data.classes] == ["bare soil", "cyanobacteria"]
     assert cfg.data.label_field == "class"
-    assert cfg.train.tile_size == 512
+    assert cfg.train.tile_size is None and cfg.train.steps is None  # auto: fitted to the labelled area
+    assert (cfg.train.schedule, cfg.train.tta, cfg.train.refit) == ("cosine", True, False)
     assert cfg.model.weights == "imagenet"
     assert cfg.preprocess.scaling == "auto"
 

@@ -78,7 +78,7 @@ def test_geo_queries_round_trip_to_pixel_windows(files) -> None:
 
 def test_augmentation_keeps_image_and_mask_aligned(files) -> None:
     path, _, labels = files
-    aug = AugmentConfig(flips=True, rot90=True, brightness=0.0, contrast=0.0)
+    aug = AugmentConfig(flips=True, rot90=True, brightness=0.0, contrast=0.0, color=0.0, blur=0.0, noise=0.0)
     ds = _ds(path, labels, augment=aug, seed=3)
     std = torch.tensor(NORM.std)[:, None, None]
     mean = torch.tensor(NORM.mean)[:, None, None]
@@ -91,6 +91,24 @@ def test_augmentation_keeps_image_and_mask_aligned(files) -> None:
         assert torch.equal(mask[labelled], (red[labelled] > 127.5).long())
         originals.add(tuple(mask.flatten().tolist()))
     assert len(originals) > 1  # the augmentation does change the sample
+
+
+def test_photometric_augmentation_changes_the_image_only(files) -> None:
+    """Colour, blur and noise jitter the pixels within the scaled 0..1 range and never move the labels."""
+    path, _, labels = files
+    photometric = AugmentConfig(flips=False, rot90=False, brightness=0.1, contrast=0.1, color=0.2, blur=2.0, noise=0.1)
+    plain = _ds(path, labels).read(PixelWindow(10, 10, 40, 40))
+    ds = _ds(path, labels, augment=photometric, seed=1)
+    std = torch.tensor(NORM.std)[:, None, None]
+    mean = torch.tensor(NORM.mean)[:, None, None]
+    changed = 0
+    for _ in range(12):
+        sample = ds.read(PixelWindow(10, 10, 40, 40))
+        assert torch.equal(sample["mask"], plain["mask"])
+        scaled = sample["image"] * std + mean
+        assert scaled.min() >= -1e-5 and scaled.max() <= 1 + 1e-5
+        changed += not torch.allclose(sample["image"], plain["image"])
+    assert changed == 12
 
 
 def test_out_size_resizes_image_and_mask(files) -> None:

@@ -1,0 +1,96 @@
+"""The training recipe in short real runs: the learning-rate schedule, the weights' average, refit, and the
+bundle's record of it all, which `geoseg infer` follows for test-time augmentation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from itertools import pairwise
+from pathlib import Path
+
+import lightning as L
+import pytest
+import rasterio
+
+from geoseg.config import load_config
+from geoseg.model.bundle import load_bundle
+from geoseg.train import train
+from tests.conftest import make_random_bundle, shared_data, write_config
+
+
+class LearningRates(L.Callback):
+    """The learning rate each optimizer step used, as the optimizer saw it."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *_: object) -> None:
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def _config(tmp_path: Path, lite0_weights: Path, train_keys: str) -> Path:
+    tile = shared_data("new_brunswick", "23322E759967N_clipped_1m_1of2.tif")
+    labels = shared_data("new_brunswick", "BakerLake_2017_clipped.gpkg")
+    return write_config(
+        tmp_path / "nb.yaml",
+        f"""
+data:
+  images: [{tile}]
+  labels: {labels}
+  label_field: Quatreclasses
+  classes: {{1: forest, 2: water, 3: road, 4: building}}
+model: {{encoder: tu-efficientnet_lite0, weights: {lite0_weights}}}
+train: {{tile_size: 64, batch_size: 2, samples_per_epoch: 4, lr: 0.001, {train_keys}}}
+""",
+    )
+
+
+@pytest.mark.slow
+def test_schedule_warms_up_and_decays_and_refit_trains_to_the_best_step(tmp_path: Path, lite0_weights: Path) -> None:
+    cfg = load_config(_config(tmp_path, lite0_weights, "steps: 8, warmup: 0.25, refit: true, ema: 0.9"))
+    rates = LearningRates()
+    result = train(cfg, tmp_path / "bundle", emit=lambda _: None, progress_bar=False, callbacks=[rates])
+    main_run = rates.rates[:8]
+    assert main_run[0] == pytest.approx(0.0005) and main_run[1] == pytest.approx(0.001)  # two warm-up steps
+    assert main_run[2] == pytest.approx(0.001)
+    assert all(b < a for a, b in pairwise(main_run[2:]))  # then cosine decay
+    recipe = load_bundle(result.bundle).meta.extra["recipe"]
+    assert recipe["steps"] == 8 and recipe["refit"] is True and recipe["ema"] == 0.9
+    best = recipe["best_step"]
+    assert best in (2, 4, 6, 8)  # validation after every epoch of two steps
+    # The refit run repeats the same schedule on training + validation regions and stops at the best step.
+    refit_rates = rates.rates[8:]
+    assert len(refit_rates) == best == result.steps
+    assert refit_rates == pytest.approx(main_run[:best])
+    assert result.scores is not None  # the validation scores of the run that chose the step
+
+
+@pytest.mark.slow
+def test_max_steps_caps_the_recipe_and_the_schedule_fits_the_cap(tmp_path: Path, lite0_weights: Path) -> None:
+    cfg = load_config(_config(tmp_path, lite0_weights, "warmup: 0.5"))
+    rates = LearningRates()
+    result = train(cfg, tmp_path / "bundle", max_steps=4, emit=lambda _: None, progress_bar=False, callbacks=[rates])
+    assert result.steps == 4
+    assert rates.rates == pytest.approx([0.0005, 0.001, 0.001, 0.0005050], rel=1e-3)
+    meta = load_bundle(result.bundle).meta
+    assert meta.extra["recipe"]["steps"] == 4 and meta.tta_default is True
+
+
+def test_infer_follows_the_bundle_tta_default_unless_told(tmp_path: Path) -> None:
+    mosaic = shared_data("new_brunswick", "23322E759967N_clipped_1m_1of2.tif")
+    bundle = make_random_bundle(tmp_path / "bundle", [1, 2, 3], n_classes=2, tile=128, overlap=16)
+    meta_file = bundle / "geoseg.json"
+    meta = json.loads(meta_file.read_text())
+    meta["recipe"] = {"tta": True}
+    meta_file.write_text(json.dumps(meta))
+    recorded = {}
+    for name, extra in {"bundle default": [], "--no-tta": ["--no-tta"]}.items():
+        out = tmp_path / name.replace(" ", "_")
+        command = [sys.executable, "-m", "geoseg", "infer", str(mosaic), "--model", str(bundle), "--out-dir", str(out),
+                   "--no-polygons", "--progress", "none", *extra]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        with rasterio.open(out / f"{mosaic.stem}_classes.tif") as ds:
+            recorded[name] = json.loads(ds.tags()["GEOSEG_INPUT"])["tta"]
+    assert recorded == {"bundle default": True, "--no-tta": False}
