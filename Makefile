@@ -2,7 +2,7 @@
 # Both create (or reuse) the Python 3.12 environment first; see tools/venv.sh.
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast test-qgis plugin lint format bench clean
+.PHONY: setup demo test test-fast test-qgis plugin lint format bench bench-accuracy clean
 
 setup:
 	@bash tools/venv.sh
@@ -37,6 +37,11 @@ format: setup
 
 bench: setup
 	$(PY) bench/loader_throughput.py
+
+# geoseg's default recipe against a random forest on ../shared/data (about an hour on a 2-core CPU).
+bench-accuracy: setup
+	$(PY) -m pip install --quiet "scikit-learn>=1.4"
+	$(PY) bench/accuracy.py
 
 clean:
 	rm -rf demo_output bench/out .pytest_cache .ruff_cache
