@@ -328,9 +328,9 @@ class TrainFromLayers(GeoSegAlgorithm):
         self.addParameter(
             QgsProcessingParameterFile(self.WEIGHTS_FILE, "Encoder weights file (instead; offline use)", optional=True)
         )
-        self.addParameter(_integer(self.TILE_SIZE, "Tile size (px)", 512, 32))
+        self.addParameter(_integer(self.TILE_SIZE, "Tile size (px; empty: fitted to the labels)", None, 32))
         self.addParameter(_integer(self.BATCH_SIZE, "Batch size", 8, 1))
-        self.addParameter(_integer(self.EPOCHS, "Epochs", 100, 1))
+        self.addParameter(_integer(self.EPOCHS, "Epochs (empty: steps fitted to the labelled area)", None, 1))
         self.addParameter(_integer(self.MAX_STEPS, "Maximum steps (a quick trial)", None, 1))
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Model bundle"))
@@ -357,10 +357,11 @@ class TrainFromLayers(GeoSegAlgorithm):
         config = {
             "data": data,
             "model": {"encoder": self.parameterAsString(parameters, self.ENCODER, context).strip(), "weights": weights},
-            "train": {"tile_size": self.parameterAsInt(parameters, self.TILE_SIZE, context),
-                      "batch_size": self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-                      "epochs": self.parameterAsInt(parameters, self.EPOCHS, context)},
+            "train": {"batch_size": self.parameterAsInt(parameters, self.BATCH_SIZE, context)},
         }  # fmt: skip
+        for key, name in (("tile_size", self.TILE_SIZE), ("epochs", self.EPOCHS)):
+            if parameters.get(name) is not None:  # else geoseg's recipe fits it to the labelled area
+                config["train"][key] = self.parameterAsInt(parameters, name, context)
         with _Staging(out) as staging:
             config_path = staging.folder / "train_config.yaml"
             config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")  # JSON is YAML
