@@ -6,6 +6,7 @@ are resolved against the config file's folder (DESIGN §3).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     encoder: str = "resnet34"
-    weights: str | None = "imagenet"  # imagenet | None | path to a weights file
+    weights: str | None = "imagenet"  # imagenet | torchgeo:<Enum>.<MEMBER> | None | path to a weights file
 
 
 @dataclass(frozen=True)
@@ -370,8 +371,12 @@ def _parse_model(r: _Reader, section: dict) -> ModelConfig:
         raise r.fail("model.encoder", "expected an encoder name such as resnet34 or tu-efficientnet_lite0")
     weights = section.get("weights", "imagenet")
     if weights is not None and not isinstance(weights, str):
-        raise r.fail("model.weights", "expected imagenet, null or a path to a weights file")
-    if weights not in (None, "imagenet"):
+        raise r.fail("model.weights", "expected imagenet, torchgeo:<weights>, null or a path to a weights file")
+    if isinstance(weights, str) and weights.startswith("torchgeo:"):
+        if not re.fullmatch(r"torchgeo:\w+_Weights\.\w+", weights):
+            raise r.fail("model.weights", f"expected torchgeo:<Enum>_Weights.<MEMBER>, e.g. "
+                         f"torchgeo:ResNet18_Weights.LANDSAT_ETM_SR_MOCO, got {weights!r}")  # fmt: skip
+    elif weights not in (None, "imagenet"):
         weights = str(r.path_of("model.weights", weights))
     return ModelConfig(encoder=encoder, weights=weights)
 

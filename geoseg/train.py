@@ -27,6 +27,7 @@ from geoseg.adaptation import energy_term
 from geoseg.config import IGNORE_INDEX, ClassSpec, Config, TrainConfig
 from geoseg.data.datasets import ImageCollection, LabeledOrtho, PixelWindow
 from geoseg.data.prepare import TrainingSet, build_training_set, describe, image_bands, load_images
+from geoseg.data.preprocess import Normalization
 from geoseg.data.sampling import MultiImageSampler
 from geoseg.data.targets import TargetSet, build_target_set
 from geoseg.device import resolve_device, training_precision
@@ -34,6 +35,7 @@ from geoseg.drift.confidence import CONFIDENCE_THRESHOLD, SAMPLE_PIXELS, low_con
 from geoseg.errors import OutputExistsError
 from geoseg.io.raster import ensure_writable
 from geoseg.metrics import SegmentationScores, scores_from_confusion
+from geoseg.model import remote_sensing
 from geoseg.model.build import build_unet
 from geoseg.model.bundle import BundleMeta, save_bundle
 from geoseg.recipe import lr_factor, resolve_recipe
@@ -344,8 +346,10 @@ def _fit(
     """Train for ``total`` steps of schedule (stopping at ``stop_at`` if given), keeping the best validation state."""
     t = cfg.train
     weights = cfg.model.weights
-    model = build_unet(cfg.model.encoder, len(image_bands(cfg, images)), len(cfg.data.classes), weights)
-    ts = build_training_set(cfg, images, pretrained=weights is not None)
+    n_bands = len(image_bands(cfg, images))
+    model = build_unet(cfg.model.encoder, n_bands, len(cfg.data.classes), weights)
+    fixed = weights_normalization(weights, n_bands)
+    ts = build_training_set(cfg, images, pretrained=weights is not None, normalization=fixed)
     emit(describe(ts))
     targets = (
         build_target_set(cfg, ts.bands, ts.normalization, ts.images[0].info.dtype) if cfg.adaptation.enabled else None
@@ -411,6 +415,13 @@ def _fit(
         best_step = task.history_steps[best_index]
     task.targets = targets  # for the bundle's adaptation record
     return _Fit(task, ts, trainer.global_step, trainer.current_epoch, best_step)
+
+
+def weights_normalization(weights: str | None, n_bands: int) -> Normalization | None:
+    """Remote-sensing weights come with the input normalization they were trained with; others leave it to geoseg."""
+    if not remote_sensing.is_torchgeo(weights):
+        return None
+    return Normalization.from_json(remote_sensing.describe(weights).normalization_json(n_bands), n_bands)
 
 
 def _best_scores(task: SegmentationTask) -> SegmentationScores | None:

@@ -86,11 +86,17 @@ def _validation_region(cfg: Config, info: RasterInfo, labels: np.ndarray) -> np.
 
 
 def build_training_set(
-    cfg: Config, images: list[ImageData], pretrained: bool, progress: Callable[[int, int], None] | None = None
+    cfg: Config,
+    images: list[ImageData],
+    pretrained: bool,
+    progress: Callable[[int, int], None] | None = None,
+    normalization: Normalization | None = None,
 ) -> TrainingSet:
+    """``normalization`` given (the pretrained weights' own) replaces the one chosen from the band statistics."""
     bands = image_bands(cfg, images)
     stats = compute_band_stats([im.info.path for im in images], bands, progress)
-    normalization = choose_normalization(stats, images[0].info.dtype, cfg.preprocess, pretrained)
+    if normalization is None:
+        normalization = choose_normalization(stats, images[0].info.dtype, cfg.preprocess, pretrained)
     t = cfg.train
     train_images, val_images, samplers, val_windows = [], [], [], []
     for i, im in enumerate(images):

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from geoseg.errors import ConfigError, WeightsUnavailableError
+from geoseg.model import remote_sensing
 
 HUB_CONNECT_TIMEOUT_S = 3.0
 WEIGHTS_HOWTO = (
@@ -23,9 +24,16 @@ WEIGHTS_HOWTO = (
 
 
 def build_unet(encoder: str, in_channels: int, n_classes: int, weights: str | None) -> smp.Unet:
-    """A U-Net whose encoder starts from ``weights``: 'imagenet', a local file, or None (random)."""
+    """A U-Net whose encoder starts from ``weights``: 'imagenet', 'torchgeo:<Enum>.<MEMBER>' (remote sensing
+    weights, geoseg/model/remote_sensing.py), a local file, or None (random)."""
     if weights == "imagenet":
         return _build_imagenet(encoder, in_channels, n_classes)
+    if remote_sensing.is_torchgeo(weights):
+        described = remote_sensing.describe(weights)
+        remote_sensing.check_encoder(described, encoder)
+        model = _construct(encoder, in_channels, n_classes, encoder_weights=None)
+        load_encoder_tensors(model, remote_sensing.state_dict(described), weights)
+        return model
     model = _construct(encoder, in_channels, n_classes, encoder_weights=None)
     if weights is not None:
         loaded = load_encoder_weights(model, Path(weights))
@@ -118,7 +126,12 @@ def load_encoder_weights(model: smp.Unet, path: Path) -> int:
     model): then tensors are matched by position and shape, and the classifier head left over.
     The first convolution is adapted when the band count differs from the file's 3 channels.
     """
-    source = read_weights_file(path)
+    return load_encoder_tensors(model, read_weights_file(path), path)
+
+
+def load_encoder_tensors(model: smp.Unet, source: dict[str, torch.Tensor], origin: str | Path) -> int:
+    """``source``'s tensors into ``model.encoder`` by name, else by position and shape (see load_encoder_weights)."""
+    path = origin
     target = model.encoder.state_dict()
     by_name = _match_by_name(source, target)
     matched = by_name if len(by_name) >= 0.9 * len(target) else _match_by_position(source, target)

@@ -94,3 +94,42 @@ def test_infer_follows_the_bundle_tta_default_unless_told(tmp_path: Path) -> Non
         with rasterio.open(out / f"{mosaic.stem}_classes.tif") as ds:
             recorded[name] = json.loads(ds.tags()["GEOSEG_INPUT"])["tta"]
     assert recorded == {"bundle default": True, "--no-tta": False}
+
+
+@pytest.mark.slow
+def test_torchgeo_weights_train_with_their_own_normalization(tmp_path: Path) -> None:
+    """A 6-band Landsat-like raster trained from remote-sensing weights (a local file in torch's hub cache)."""
+    import numpy as np
+    import timm
+    import torch
+    from rasterio.transform import from_origin
+
+    from geoseg.model import remote_sensing
+
+    rng = np.random.default_rng(0)
+    profile = {"driver": "GTiff", "width": 160, "height": 160, "crs": "EPSG:32618",
+               "transform": from_origin(500_000, 4_000_000, 30, 30)}  # fmt: skip
+    image = rng.integers(0, 255, (6, 160, 160), dtype=np.uint8)
+    with rasterio.open(tmp_path / "landsat.tif", "w", count=6, dtype="uint8", **profile) as ds:
+        ds.write(image)
+    with rasterio.open(tmp_path / "labels.tif", "w", count=1, dtype="uint8", nodata=255, **profile) as ds:
+        ds.write((image[3] > 127).astype(np.uint8), 1)
+    weights = "torchgeo:ResNet18_Weights.LANDSAT_ETM_SR_MOCO"
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        cache = remote_sensing.describe(weights).cache_file
+        cache.parent.mkdir(parents=True)
+        torch.save(timm.create_model("resnet18", in_chans=6, num_classes=0).state_dict(), cache)
+        config = write_config(tmp_path / "c.yaml", f"""
+data: {{images: [landsat.tif], labels: labels.tif, classes: {{0: dry, 1: wet}}}}
+model: {{encoder: resnet18, weights: "{weights}"}}
+train: {{tile_size: 64, batch_size: 2, steps: 2, tta: false}}
+""")  # fmt: skip
+        result = train(load_config(config), tmp_path / "bundle", emit=lambda _: None, progress_bar=False)
+    finally:
+        torch.hub.set_dir(previous)
+    meta = load_bundle(result.bundle).meta
+    assert meta.normalization.scale == [(0.0, 65535.0)] * 6
+    np.testing.assert_allclose(meta.normalization.std, [255 / 65535] * 6)  # the network sees x / 255
+    assert meta.extra["training"]["weights"] == weights
