@@ -33,8 +33,21 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@cache
+def cpu_has_amx() -> bool:
+    """Intel AMX tile units: the only CPUs where bf16 training beats fp32 (bench/RESULTS.md)."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def training_precision(accelerator: str) -> str:
-    """Lightning precision: mixed precision on GPUs, bf16 autocast on CPUs that have bf16 units."""
+    """Lightning precision: mixed precision on GPUs; on CPUs bf16 autocast only with AMX.
+
+    On a CPU with AVX512-BF16 but no AMX, bf16 training steps measured 1.6× slower than fp32 with
+    channels-last (bench/train_speed.py), so such CPUs train in fp32.
+    """
     if accelerator == "cuda":
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+    return "bf16-mixed" if cpu_has_amx() else "32-true"

@@ -325,7 +325,7 @@ def train(
             **_adaptation_record(cfg, fit.ts, task),
         },
     )
-    final.cpu().eval()
+    final.cpu().eval().to(memory_format=torch.contiguous_format)
     bundle = save_bundle(final, meta, out, overwrite=overwrite or resume)
     return TrainResult(bundle=bundle, model=final, scores=scores, steps=fit.steps, losses=task.losses)
 
@@ -348,6 +348,8 @@ def _fit(
     weights = cfg.model.weights
     n_bands = len(image_bands(cfg, images))
     model = build_unet(cfg.model.encoder, n_bands, len(cfg.data.classes), weights)
+    if accelerator == "cpu":  # 1.25× faster fp32 training steps on the CPU (bench/RESULTS.md, training speed)
+        model.to(memory_format=torch.channels_last)
     fixed = weights_normalization(weights, n_bands)
     ts = build_training_set(cfg, images, pretrained=weights is not None, normalization=fixed)
     emit(describe(ts))
@@ -390,7 +392,7 @@ def _fit(
         accelerator=accelerator,
         devices=1,
         precision=training_precision(accelerator),
-        max_epochs=-1,
+        max_epochs=-1,  # max_steps ends the run (a resumed run must be free to go past its last epoch count)
         max_steps=steps,
         limit_val_batches=None if ts.val_windows else 0,
         num_sanity_val_steps=0,
