@@ -139,7 +139,9 @@ def test_interrupted_batch_resumes_without_redoing_finished_mosaics(
 ) -> None:
     out = tmp_path / "out"
     command = batch_command(out, bundle, *mosaics, extra=("--workers", "2", "--progress", "json"))
-    batch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a test runner started in the background (nohup …  &) ignores SIGINT, and children inherit that
+    batch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     finished = _wait_for_finished_mosaics(out, batch, at_least=1)
     assert len(finished) < len(mosaics), "the batch finished before it could be interrupted"
     batch.send_signal(signal.SIGINT)
