@@ -7,6 +7,7 @@ repository's .venv (made by `make test`); the bundle is built there too, since Q
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,11 @@ GEOSEG = REPO / ".venv" / "bin" / "geoseg"
 GEOSEG_PYTHON = REPO / ".venv" / "bin" / "python"
 
 sys.path.insert(0, str(PLUGIN_FOLDER))
+
+# A runner started in the background (`make test &`) ignores SIGINT, and the children the cancel tests
+# start would inherit that and die without cleaning up. Cancelling is what those tests check, so the
+# runner takes Python's usual Ctrl-C handling, which children get back as the default action.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def shared_data(*parts: str) -> Path:
