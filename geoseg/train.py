@@ -322,7 +322,7 @@ def train(
                 "config": str(cfg.path),
             },
             "recipe": _recipe_record(t, total, validated.best_step, refit=fit is not validated),
-            **_adaptation_record(cfg, fit.ts, task),
+            **_adaptation_record(cfg, task),
         },
     )
     final.cpu().eval().to(memory_format=torch.contiguous_format)
@@ -525,7 +525,7 @@ def _training_low_confidence(model: torch.nn.Module, ts: TrainingSet, tile: int)
     return {"share": low / max(total, 1), "threshold": CONFIDENCE_THRESHOLD, "pixels": total, "windows": windows}
 
 
-def _adaptation_record(cfg: Config, _: TrainingSet, task: SegmentationTask) -> dict:
+def _adaptation_record(cfg: Config, task: SegmentationTask) -> dict:
     """The bundle's ``adaptation`` key: that the model was adapted, to what, and how."""
     targets: TargetSet | None = task.targets
     if targets is None:

@@ -86,10 +86,14 @@ def _build_imagenet(encoder: str, in_channels: int, n_classes: int) -> smp.Unet:
 
 
 def hub_reachable(timeout: float = HUB_CONNECT_TIMEOUT_S) -> bool:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    return url_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
+
+
+def url_reachable(url: str, timeout: float = HUB_CONNECT_TIMEOUT_S) -> bool:
+    """A quick TCP probe of ``url``'s host; False at once when HF_HUB_OFFLINE says we are offline."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
-    parsed = urlparse(endpoint)
+    parsed = urlparse(url)
     host = parsed.hostname or "huggingface.co"
     port = parsed.port or (443 if parsed.scheme != "http" else 80)
     try:

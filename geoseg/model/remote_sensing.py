@@ -9,8 +9,6 @@ instead of geoseg's own, and inference applies it. The file is downloaded once i
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -20,7 +18,6 @@ import torch
 from geoseg.errors import ConfigError, WeightsUnavailableError
 
 PREFIX = "torchgeo:"
-CONNECT_TIMEOUT_S = 3.0
 NORMALIZED_RANGE = 65535.0  # raw values are scaled from [0, this] so geoseg's clip to 0..1 never bites
 
 
@@ -103,9 +100,11 @@ def check_encoder(weights: RemoteSensingWeights, encoder: str) -> None:
 
 def state_dict(weights: RemoteSensingWeights) -> dict[str, torch.Tensor]:
     """The weights' tensors: from torch's hub cache, else downloaded once; offline, a quick clear failure."""
+    from geoseg.model.build import url_reachable  # build imports this module
+
     cached = weights.cache_file
     if not cached.is_file():
-        if not _reachable(weights.url):
+        if not url_reachable(weights.url):
             raise WeightsUnavailableError(
                 f"torchgeo weights {weights.name} are not cached and {urlparse(weights.url).hostname} is unreachable "
                 f"(offline?): download {weights.url} on a connected machine and copy it to {cached}, or set "
@@ -116,14 +115,3 @@ def state_dict(weights: RemoteSensingWeights) -> dict[str, torch.Tensor]:
     if isinstance(tensors, dict) and isinstance(tensors.get("state_dict"), dict):
         tensors = tensors["state_dict"]
     return {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
-
-
-def _reachable(url: str) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False  # the same switch that keeps the ImageNet path offline
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname or "", parsed.port or 443), timeout=CONNECT_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
