@@ -79,7 +79,7 @@ class Model:
 
 
 def load_model(path: str | Path, device: str = "auto") -> Model:
-    """Load a model bundle (folder or .zip, as `geoseg train` writes it) for ``segment`` and ``vectorize``.
+    """Load a model bundle (folder or .zip, as `geoseg train` writes it, or an ONNX model) for ``segment``.
 
     ``device``: "auto" (a CUDA GPU when one is visible), "cpu" or "cuda". Raises ``BundleError`` for a
     missing or malformed bundle.
@@ -168,7 +168,7 @@ def segment(
         tile=tile,
         overlap=overlap,
         batch_size=default_batch_size(model.device),
-        precision=resolve_precision(precision, model.device, name="precision"),
+        precision=resolve_precision(precision, model.device, name="precision", meta=model.meta),
         tta=model.meta.tta_default if tta is None else tta,
     )
     pixels = da.transpose(band_dim, y_dim, x_dim).data

@@ -144,7 +144,10 @@ TtaOption = Annotated[
 @app.command()
 def infer(
     mosaic: Annotated[Path, typer.Argument(help="Orthomosaic to segment (GeoTIFF, COG or VRT), any size.")],
-    model: Annotated[Path, typer.Option("--model", help="Model bundle folder (or .zip) from `geoseg train`.")],
+    model: Annotated[
+        Path,
+        typer.Option("--model", help="Model bundle folder (or .zip) from `geoseg train`, or an ONNX model (.onnx)."),
+    ],
     out_dir: Annotated[
         Path, typer.Option("--out-dir", help="Where <stem>_classes.tif, <stem>_polygons.gpkg and <stem>_areas.json go.")
     ] = Path("."),
@@ -259,7 +262,7 @@ def infer(
 @app.command()
 def drift(
     mosaic: Annotated[Path, typer.Argument(help="Orthomosaic to check (GeoTIFF, COG or VRT), any size.")],
-    model: Annotated[Path, typer.Option("--model", help="Model bundle folder (or .zip) from `geoseg train`.")],
+    model: Annotated[Path, typer.Option("--model", help="Model bundle folder (or .zip), or an ONNX model (.onnx).")],
     json_out: Annotated[
         Path | None,
         typer.Option(
@@ -344,7 +347,9 @@ def batch(
             show_default=False,
         ),
     ],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder (or .zip).")],
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="Model bundle folder (or .zip), or an ONNX model (.onnx).")
+    ],
     out_dir: Annotated[
         Path,
         typer.Option(
@@ -523,6 +528,44 @@ def vectorize(
     stage(1, 1)
     dropped = f", {result.dropped:,} under --min-area dropped" if result.dropped else ""
     reporter.message(f"polygons: {result.path} ({result.n_polygons:,}{dropped})")
+
+
+class ExportFormat(StrEnum):
+    onnx = "onnx"
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="Model bundle folder (or .zip) from `geoseg train`.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="The file to write (.onnx). Default: <bundle name>.onnx here."),
+    ] = None,
+    format: Annotated[
+        ExportFormat, typer.Option("--format", help="onnx: ONNX Runtime, Deepness (QGIS) and `geoseg infer`.")
+    ] = ExportFormat.onnx,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+) -> None:
+    """Export a model bundle as one ONNX file, for Deepness in QGIS, ONNX Runtime, or `geoseg infer --model`.
+
+    The graph takes the mosaic's own band values as float32 (uint8 0-255, uint16 counts, floats: the
+    bundle's normalization is inside it), N × bands × tile × tile with the bundle's window size and any N,
+    and gives per-class probabilities N × classes × tile × tile. Its metadata holds what Deepness reads
+    (model_type, class_names, resolution in cm/px, tile size, overlap in %) and the whole geoseg.json.
+    Needs `pip install 'geoseg[onnx]'`.
+    """
+    from geoseg.model.bundle import load_bundle
+    from geoseg.model.onnx_export import export_onnx
+
+    target = out or Path(f"{model.resolve().name.removesuffix('.zip')}.onnx")
+    if target.exists() and not overwrite:
+        from geoseg.errors import OutputExistsError
+
+        raise OutputExistsError("exists; pass --overwrite to replace it", target)
+    bundle = load_bundle(model)
+    path = export_onnx(bundle, target, overwrite=overwrite)
+    typer.echo(f"ONNX model: {path} ({len(bundle.meta.bands)} band(s) in, {len(bundle.meta.classes)} classes out, "
+               f"{bundle.meta.tile_size} px windows)")  # fmt: skip
 
 
 @app.command("quality-mask")

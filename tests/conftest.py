@@ -46,6 +46,7 @@ def make_random_bundle(
     seed: int = 0,
     scale: tuple[float, float] = (0.0, 255.0),
     encoder: str = "tu-efficientnet_lite0",
+    resolution: float | None = None,
 ) -> Path:
     """A valid bundle around a seeded, randomly initialised U-Net (no weights needed, nothing downloaded)."""
     import segmentation_models_pytorch as smp
@@ -60,6 +61,7 @@ def make_random_bundle(
     classes = [ClassSpec(str(i + 1), i + 1, f"class {i + 1}", DEFAULT_COLORS[i]) for i in range(n_classes)]
     n = len(bands)
     meta = BundleMeta(
-        classes, bands, Normalization([scale] * n, [0.5] * n, [0.25] * n), tile_size=tile, overlap=overlap
-    )
+        classes, bands, Normalization([scale] * n, [0.5] * n, [0.25] * n), tile_size=tile, overlap=overlap,
+        resolution=resolution,
+    )  # fmt: skip
     return save_bundle(model, meta, path, overwrite=True)

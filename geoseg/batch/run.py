@@ -102,7 +102,7 @@ def run_batch(
     device = resolve_device(options.infer.device)
     # Settings wrong for every mosaic stop the batch before it starts (exit 2), not each mosaic (exit 3).
     window_settings(options.infer, model.meta)
-    resolve_precision(options.infer.precision, device)
+    resolve_precision(options.infer.precision, device, meta=model.meta)
     manifest = Manifest.load(out_dir, str(bundle.absolute()), bundle_sha256(bundle))
     names = output_stems(mosaics)
     batch = _Batch(model, out_dir, options, manifest, device, reporter)

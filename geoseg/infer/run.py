@@ -106,7 +106,7 @@ def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str
     """Check the mosaic against the (loaded) bundle and cut it into block jobs; creates no output."""
     cap_gdal_cache()
     info = read_info(mosaic)
-    precision = resolve_precision(options.precision, device)
+    precision = resolve_precision(options.precision, device, meta=bundle.meta)
     check_bundle_fits(bundle, info)
     meta = bundle.meta
     bundle_path = bundle.path

@@ -15,10 +15,17 @@ from geoseg.model.bundle import BundleMeta
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def resolve_precision(requested: str, device: str, name: str = "--precision") -> str:
-    """auto: bf16 on GPUs that support it (else fp16), bf16 on CPUs with bf16 units, else fp32."""
+def resolve_precision(requested: str, device: str, name: str = "--precision", meta: BundleMeta | None = None) -> str:
+    """auto: bf16 on GPUs that support it (else fp16), bf16 on CPUs with bf16 units, else fp32.
+
+    ONNX models run in ONNX Runtime, in the precision of their graph: fp32 for geoseg's exports.
+    """
     if requested not in PRECISIONS:
         raise InputError(f"{name} must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if meta is not None and meta.runtime == "onnx":
+        if requested not in ("auto", "fp32"):
+            raise InputError(f"an ONNX model runs in its graph's own precision (fp32); drop {name} {requested}")
+        return "fp32"
     if requested != "auto":
         return requested
     if device == "cuda":
@@ -28,6 +35,9 @@ def resolve_precision(requested: str, device: str, name: str = "--precision") ->
 
 def window_size(tile: int | None, overlap: int | None, meta: BundleMeta, name: str = "--overlap") -> tuple[int, int]:
     """Tile and overlap: the ones asked for, else the bundle's."""
+    if tile is not None and meta.fixed_tile and tile != meta.tile_size:
+        raise InputError(f"the model takes {meta.tile_size} px windows only (an ONNX graph of fixed size); "
+                         f"drop the tile setting ({tile})")  # fmt: skip
     tile = tile or meta.tile_size
     overlap = meta.overlap if overlap is None else overlap
     if not 0 <= overlap < tile:

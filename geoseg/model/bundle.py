@@ -47,6 +47,8 @@ class BundleMeta:
     created: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     geoseg_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept so the format can grow
+    fixed_tile: bool = False  # the network takes tile_size windows only (an ONNX graph of fixed size); not saved
+    runtime: str = "torch"  # torch | onnx (ONNX Runtime runs the network); not saved
 
     @property
     def tta_default(self) -> bool:
@@ -159,8 +161,13 @@ def bundle_version(path: str | Path) -> str:
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
-    """Load a bundle directory (or the same zipped) made by geoseg or by smp + geoseg.json alone."""
+    """Load a bundle directory (or the same zipped) made by geoseg or by smp + geoseg.json alone, or an
+    ONNX model (``geoseg export``'s, or a Deepness segmentation model) run by ONNX Runtime."""
     path = Path(path)
+    if is_onnx(path):
+        from geoseg.model.onnx_bundle import load_onnx_bundle
+
+        return load_onnx_bundle(path, device)
     with _bundle_folder(path) as root:
         bundle = _load_dir(root, device)
     bundle.path = path
@@ -170,8 +177,14 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
 def read_bundle_meta(path: str | Path) -> BundleMeta:
     """Only the bundle's ``geoseg.json`` (classes, bands, normalization), without loading the network."""
     path = Path(path)
+    if is_onnx(path):
+        return load_bundle(path).meta  # ONNX Runtime reads the metadata without running anything
     with _bundle_folder(path) as root:
         return _read_meta(root / META_FILE, path)
+
+
+def is_onnx(path: Path) -> bool:
+    return path.suffix.lower() == ".onnx"
 
 
 @contextlib.contextmanager
