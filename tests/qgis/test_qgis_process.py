@@ -56,3 +56,17 @@ def test_qgis_process_lists_the_algorithms_with_help(qgis_process_env: dict) -> 
     assert shown.returncode == 0, shown.stderr
     for parameter in ("INPUT", "MODEL", "AOI", "TILE", "OVERLAP", "BATCH_SIZE", "DEVICE", "OUTPUT", "POLYGONS"):
         assert parameter in shown.stdout
+
+
+def test_the_qgis_process_example_segments_a_raster(qgis_process_env: dict, bundle: Path, tmp_path: Path) -> None:
+    mosaic = shared_data("building_tiles", "tiled_image_1.tif")
+    out = tmp_path / "example"
+    script = PLUGIN_FOLDER.parent / "examples" / "qgis_process_segment.sh"
+    run = subprocess.run(["bash", str(script), str(mosaic), str(bundle), str(out)], capture_output=True, text=True,
+                         env=dict(qgis_process_env, QGIS_PROCESS=str(QGIS_PROCESS)), timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    classes = QgsRasterLayer(str(out / "classes.tif"), "classes")
+    source = QgsRasterLayer(str(mosaic), "mosaic")
+    assert (classes.width(), classes.height(), classes.crs()) == (source.width(), source.height(), source.crs())
+    assert (out / "polygons.gpkg").is_file() and (out / "classes.qml").is_file()
+    del classes, source
