@@ -248,17 +248,17 @@ def _dims(da: xr.DataArray) -> tuple[str, str, str]:
 def _raw_and_valid(
     pixels: dask.array.Array, bands: list[int], nodata: float | None, encoded_nodata: float | None
 ) -> tuple[dask.array.Array, dask.array.Array]:
-    """The model's bands (NaN filled) and the validity mask, valid where any band holds data."""
-    missing = dask.array.zeros(pixels.shape, dtype=bool, chunks=pixels.chunks)
-    if np.issubdtype(pixels.dtype, np.floating):
-        missing = dask.array.isnan(pixels)
+    """The model's bands (non-finite values filled) and the validity mask, as ``geoseg infer`` reads a file:
+    nodata where every band equals the nodata value, or where any band the model reads is NaN or ±inf."""
+    valid = dask.array.ones(pixels.shape[1:], dtype=bool, chunks=pixels.chunks[1:])
     if nodata is not None and not np.isnan(nodata):
-        missing = missing | (pixels == nodata)
-    valid = ~missing.all(axis=0)
+        valid = ~(pixels == nodata).all(axis=0)
     raw = pixels[bands]
     if np.issubdtype(raw.dtype, np.floating):
-        fill = encoded_nodata if encoded_nodata is not None and not np.isnan(encoded_nodata) else 0
-        raw = dask.array.where(dask.array.isnan(raw), raw.dtype.type(fill), raw)
+        finite = dask.array.isfinite(raw)
+        valid = valid & finite.all(axis=0)
+        fill = encoded_nodata if encoded_nodata is not None and np.isfinite(encoded_nodata) else 0
+        raw = dask.array.where(finite, raw, raw.dtype.type(fill))
     return raw, valid
 
 

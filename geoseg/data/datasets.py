@@ -102,7 +102,7 @@ class LabeledOrtho(GeoDataset):
 
     def read(self, window: PixelWindow) -> dict[str, torch.Tensor]:
         raw, valid = read_window(self._dataset(), self.bands, window.to_rasterio())
-        scaled = self.normalization.scaled(raw)
+        scaled = self.normalization.scaled(raw, valid)  # nodata as inference sees it (Normalization.apply)
         mask = self._labels_in(window)
         mask[~valid] = IGNORE_INDEX
         if self.quality is not None:

@@ -150,17 +150,22 @@ class Normalization:
     mean: list[float]
     std: list[float]
 
-    def apply(self, raw: np.ndarray) -> np.ndarray:
-        """(bands, h, w) raw array → float32 network input."""
+    def apply(self, raw: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """(bands, h, w) raw array → float32 network input; 0 at pixels not ``valid``.
+
+        Training (between ``scaled`` and ``standardize`` it augments) and inference prepare a window
+        this way alike, so nodata reaches the network as the same neutral value in both.
+        """
+        return self.standardize(self.scaled(raw, valid))
+
+    def scaled(self, raw: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Raw values → 0..1; pixels not ``valid`` take each band's mean, which standardizes to 0."""
         lo = np.asarray([s[0] for s in self.scale], dtype=np.float32)[:, None, None]
         hi = np.asarray([s[1] for s in self.scale], dtype=np.float32)[:, None, None]
         scaled = np.clip((raw.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
-        return self.standardize(scaled)
-
-    def scaled(self, raw: np.ndarray) -> np.ndarray:
-        lo = np.asarray([s[0] for s in self.scale], dtype=np.float32)[:, None, None]
-        hi = np.asarray([s[1] for s in self.scale], dtype=np.float32)[:, None, None]
-        return np.clip((raw.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+        if valid is not None and not valid.all():
+            scaled = np.where(valid[None], scaled, np.asarray(self.mean, dtype=np.float32)[:, None, None])
+        return scaled
 
     def standardize(self, scaled: np.ndarray) -> np.ndarray:
         mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]

@@ -68,8 +68,7 @@ def low_confidence_counts(
             for window in sample[start : start + BATCH]:
                 raw, valid = read_window(ds, bands, window)
                 if valid.any():
-                    image = normalization.apply(raw)
-                    image[:, ~valid] = 0.0
+                    image = normalization.apply(raw, valid)
                     images.append(image)
                     masks.append(valid)
             if not images:

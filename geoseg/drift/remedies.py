@@ -49,11 +49,8 @@ class HistogramMatchedNormalization(Normalization):
     def matched(self, raw: np.ndarray) -> np.ndarray:
         return np.stack([curve.apply(band) for curve, band in zip(self.curves, raw, strict=True)])
 
-    def apply(self, raw: np.ndarray) -> np.ndarray:
-        return super().apply(self.matched(raw))
-
-    def scaled(self, raw: np.ndarray) -> np.ndarray:
-        return super().scaled(self.matched(raw))
+    def scaled(self, raw: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        return super().scaled(self.matched(raw), valid)
 
 
 def histogram_matched_normalization(normalization: Normalization, report: DriftReport) -> HistogramMatchedNormalization:

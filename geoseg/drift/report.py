@@ -49,6 +49,8 @@ def sample_mosaic(path: Path, bands: list[int]) -> MosaicSample:
         data = ds.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.nearest)
         valid = ds.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
         dtype = np.dtype(ds.dtypes[0])
+    if dtype.kind == "f":  # the NaN rule, as read_window applies it
+        valid &= np.isfinite(data).all(axis=0)
     return MosaicSample(data[:, valid], dtype.kind in "ui")
 
 

@@ -166,8 +166,7 @@ def block_contribution(
     top, left = int(core.row_off), int(core.col_off)
     span = _span(core, origins, tile)
     raw, valid = read(span)
-    image = spec.normalization.apply(raw)
-    image[:, ~valid] = 0.0
+    image = spec.normalization.apply(raw, valid)
     wanted = valid & region(span) if region is not None else valid
     runnable = [(r, c) for r, c in origins if wanted[r - top : r - top + tile, c - left : c - left + tile].any()]
     a_row, a_col = int(area.row_off), int(area.col_off)

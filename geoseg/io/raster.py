@@ -127,9 +127,9 @@ def verify_readable(path: str | Path) -> None:
 def read_window(ds: rasterio.DatasetReader, bands: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Read ``bands`` in ``window`` (which may reach past the edges) and its validity mask.
 
-    Returns ``(data, valid)``: data is (bands, h, w) in the file's dtype, 0 outside the raster;
-    valid is (h, w) bool, False where the raster is nodata (nodata value, alpha band or internal
-    mask) or outside its extent.
+    Returns ``(data, valid)``: data is (bands, h, w) in the file's dtype, 0 outside the raster and
+    where it is not finite; valid is (h, w) bool, False where the raster is nodata (nodata value,
+    alpha band or internal mask), where any band read is NaN or ±inf, or outside its extent.
     """
     height, width = int(window.height), int(window.width)
     row, col = int(window.row_off), int(window.col_off)
@@ -148,6 +148,10 @@ def read_window(ds: rasterio.DatasetReader, bands: Sequence[int], window: Window
     if alpha is not None and not any(MaskFlags.alpha in flags for flags in ds.mask_flag_enums):
         # GDAL honours an alpha band only for Byte/UInt16 rasters; for other types apply it here
         inside &= ds.read(alpha, window=inner) > 0
+    if data.dtype.kind == "f":  # NaN and ±inf are nodata in any band, tagged or not (README: the NaN rule)
+        finite = np.isfinite(data)
+        inside &= finite[:, rows, cols].all(axis=0)
+        data[~finite] = 0
     valid[rows, cols] = inside
     return data, valid
 

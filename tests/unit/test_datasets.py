@@ -48,7 +48,8 @@ def test_read_normalizes_pixels_and_masks_nodata(files) -> None:
     path, image, labels = files
     sample = _ds(path, labels).read(PixelWindow(0, 0, 32, 32))
     assert sample["image"].dtype == torch.float32 and sample["mask"].dtype == torch.uint8
-    np.testing.assert_allclose(sample["image"].numpy(), NORM.apply(image[:, :32, :32]), rtol=1e-6)
+    np.testing.assert_allclose(sample["image"].numpy()[:, 5:, 5:], NORM.apply(image[:, 5:32, 5:32]), rtol=1e-6)
+    assert (sample["image"].numpy()[:, :5, :5] == 0).all()  # nodata: the neutral 0 inference feeds too
     mask = sample["mask"].numpy()
     assert (mask[:5, :5] == IGNORE_INDEX).all()
     np.testing.assert_array_equal(mask[5:, 5:], labels[5:32, 5:32])
@@ -141,3 +142,22 @@ def test_pickles_without_its_open_file(files) -> None:
     clone = pickle.loads(pickle.dumps(ds))  # DataLoader workers receive a copy
     assert clone._reader is None
     torch.testing.assert_close(clone.read(PixelWindow(0, 0, 8, 8))["image"], ds.read(PixelWindow(0, 0, 8, 8))["image"])
+
+
+@pytest.mark.parametrize(
+    "window", [PixelWindow(0, 0, 32, 32), PixelWindow(40, 60, 32, 32), PixelWindow(10, 20, 32, 32)]
+)
+def test_training_and_inference_feed_the_network_the_same_window(files, window: PixelWindow) -> None:
+    """Nodata and the area past the edge reach the network the same way when training and segmenting."""
+    from geoseg.infer.engine import slice_padded
+    from geoseg.io.raster import open_raster, read_window
+
+    path, _, labels = files
+    trained = _ds(path, labels).read(window)["image"].numpy()
+    with open_raster(path) as ds:
+        raw, valid = read_window(ds, [1, 2, 3], window.to_rasterio())
+        whole, whole_valid = read_window(ds, [1, 2, 3], PixelWindow(0, 0, H, W).to_rasterio())
+    np.testing.assert_array_equal(trained, NORM.apply(raw, valid))
+    # inference cuts its windows out of a normalized block, not the file: the same values again
+    block_raw, block_valid = slice_padded(whole, whole_valid, window.to_rasterio())
+    np.testing.assert_array_equal(trained, NORM.apply(block_raw, block_valid))
