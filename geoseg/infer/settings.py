@@ -10,9 +10,10 @@ import torch
 
 from geoseg.device import cpu_has_bf16
 from geoseg.errors import InputError
-from geoseg.model.bundle import BundleMeta
+from geoseg.model.bundle import MIN_TILE, BundleMeta
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MAX_TILE = 4096  # a 4096² window's activations already take gigabytes; beyond, every run would fail late
 
 
 def resolve_precision(requested: str, device: str, name: str = "--precision", meta: BundleMeta | None = None) -> str:
@@ -38,10 +39,19 @@ def window_size(tile: int | None, overlap: int | None, meta: BundleMeta, name: s
     if tile is not None and meta.fixed_tile and tile != meta.tile_size:
         raise InputError(f"the model takes {meta.tile_size} px windows only (an ONNX graph of fixed size); "
                          f"drop the tile setting ({tile})")  # fmt: skip
+    tile_name = name.replace("overlap", "tile")
+    if tile is not None and not MIN_TILE <= tile <= MAX_TILE:
+        raise InputError(f"{tile_name} must be {MIN_TILE}-{MAX_TILE} px (a {tile} px window would not fit a network "
+                         f"in memory); leave it out to use the model's {meta.tile_size}")  # fmt: skip
     tile = tile or meta.tile_size
     overlap = meta.overlap if overlap is None else overlap
     if not 0 <= overlap < tile:
         raise InputError(f"{name} must be at least 0 and less than the tile ({tile}), got {overlap}")
+    if overlap > tile * 3 // 4:
+        stride = tile - overlap
+        raise InputError(f"{name} {overlap} leaves windows {stride} px apart, so each pixel would run through "
+                         f"about {round((tile / stride) ** 2)} windows; keep it at most 3/4 of the tile "
+                         f"({tile * 3 // 4})")  # fmt: skip
     return tile, overlap
 
 

@@ -75,6 +75,8 @@ class BundleMeta:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: Path) -> BundleMeta:
+        if not isinstance(data, dict):
+            raise BundleError(f"{META_FILE} must hold a JSON object, not {type(data).__name__}", source)
         try:
             version = int(data.get("format_version", 1))
             if version > FORMAT_VERSION:
@@ -89,12 +91,14 @@ class BundleMeta:
             normalization = Normalization.from_json(data["input"], len(bands))
             if not (len(normalization.scale) == len(normalization.mean) == len(normalization.std) == len(bands)):
                 raise BundleError("input.mean/std/scale must have one entry per band in 'bands'", source)
+            tile_size, overlap = int(data.get("tile_size", 512)), int(data.get("overlap", 64))
+            _check_meaningful(bands, normalization, tile_size, overlap, source)
             return cls(
                 classes=classes,
                 bands=bands,
                 normalization=normalization,
-                tile_size=int(data.get("tile_size", 512)),
-                overlap=int(data.get("overlap", 64)),
+                tile_size=tile_size,
+                overlap=overlap,
                 resolution=data.get("resolution"),
                 train_stats=data.get("train_stats"),
                 metrics=data.get("metrics"),
@@ -107,6 +111,25 @@ class BundleMeta:
             raise
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BundleError(f"{META_FILE} is malformed ({type(exc).__name__}: {exc})", source) from None
+
+
+MIN_TILE = 32  # a U-Net of five strides halves a window five times: 32 px is one pixel at the bottom
+
+
+def _check_meaningful(bands: list[int], normalization: Normalization, tile: int, overlap: int, source: Path) -> None:
+    """Refuse numbers that would turn every window into the same input or index past the raster."""
+    if not bands or min(bands) < 1:
+        raise BundleError(f"{META_FILE}: 'bands' are 1-based band numbers, got {bands}", source)
+    for i, ((lo, hi), std) in enumerate(zip(normalization.scale, normalization.std, strict=True), 1):
+        if not lo < hi:
+            raise BundleError(f"{META_FILE}: input.scale of band {i} needs lo < hi, got [{lo}, {hi}]", source)
+        if not std > 0:
+            raise BundleError(f"{META_FILE}: input.std of band {i} must be above 0, got {std}", source)
+    if tile < MIN_TILE:
+        raise BundleError(f"{META_FILE}: tile_size must be at least {MIN_TILE}, got {tile}", source)
+    if not 0 <= overlap < tile:
+        raise BundleError(f"{META_FILE}: overlap must be at least 0 and less than tile_size ({tile}), got {overlap}",
+                          source)  # fmt: skip
 
 
 @dataclass
@@ -230,12 +253,22 @@ def _load_dir(path: Path, device: str | torch.device) -> Bundle:
         model = smp.from_pretrained(str(path))
     except Exception as exc:
         raise BundleError(f"cannot load the network ({type(exc).__name__}: {str(exc)[:200]})", path) from None
+    n_in = _input_channels(model)
+    if n_in is not None and n_in != len(meta.bands):
+        raise BundleError(
+            f"the network takes {n_in} input band(s) but {META_FILE} names {len(meta.bands)} in 'bands'", path
+        )
     n_out = _output_channels(model)
     if n_out is not None and n_out != len(meta.classes):
         raise BundleError(
             f"the network has {n_out} output channels but {META_FILE} names {len(meta.classes)} classes", path
         )
     return Bundle(model=model.to(device).eval(), meta=meta, path=path)
+
+
+def _input_channels(model: torch.nn.Module) -> int | None:
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return first.in_channels if first is not None else None
 
 
 def _output_channels(model: torch.nn.Module) -> int | None:

@@ -137,6 +137,19 @@ def test_option_refused_by_the_parser(tmp_path: Path, bundles: dict[str, Path], 
     infer_refused(tmp_path, shared_data(*NB_IMAGE), bundles["rgb128"], option, ("--help",), *extra)
 
 
+@pytest.mark.parametrize(
+    ("extra", "names", "fix"),
+    [
+        (["--tile", "100000"], "--tile", "32-4096 px"),  # 28 GiB of windows before
+        (["--tile", "33", "--overlap", "32"], "--overlap", "at most 3/4 of the tile (24)"),  # 77 k windows
+        (["--overlap", "100"], "--overlap", "at most 3/4 of the tile (96)"),
+    ],
+)
+def test_absurd_window_grids_are_refused(tmp_path: Path, bundles: dict[str, Path], extra: list[str], names: str,
+                                         fix: str) -> None:  # fmt: skip
+    infer_refused(tmp_path, shared_data(*NB_IMAGE), bundles["rgb128"], names, (fix,), *extra)
+
+
 @pytest.mark.parametrize("extra", [["--overlap", "128"], ["--tile", "96", "--overlap", "200"]])
 def test_overlap_not_below_tile(tmp_path: Path, bundles: dict[str, Path], extra: list[str]) -> None:
     """The bundle's tile is 128; an overlap of a whole tile or more would never advance."""

@@ -228,3 +228,34 @@ def test_failed_save_leaves_no_partial_dir(hand_made: Path, tmp_path: Path) -> N
         save_bundle(bundle.model, bundle.meta, existing, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
     assert (existing / "geoseg.json").read_text() == DESIGN_EXAMPLE
+
+
+@pytest.mark.parametrize(
+    ("find", "replace", "message"),
+    [
+        (DESIGN_EXAMPLE, "[1, 2, 3]\n", "must hold a JSON object, not list"),
+        ('"bands": [1, 2, 3]', '"bands": [0, 1, 2]', "'bands' are 1-based band numbers"),
+        ('"bands": [1, 2, 3]', '"bands": [1, 2]', "input.mean/std/scale must have one entry per band"),
+        ('"scale": [0, 255]', '"scale": [255, 255]', "input.scale of band 1 needs lo < hi"),
+        ('"std": [0.229, 0.224, 0.225]', '"std": [0.229, 0.0, 0.225]', "input.std of band 2 must be above 0"),
+        ('"tile_size": 512', '"tile_size": 16', "tile_size must be at least 32"),
+        ('"overlap": 64', '"overlap": 512', "overlap must be at least 0 and less than tile_size"),
+    ],
+)
+def test_meaningless_bundle_numbers_are_refused(hand_made: Path, tmp_path: Path, find: str, replace: str,
+                                                message: str) -> None:  # fmt: skip
+    folder = _copy(hand_made, tmp_path / "b")
+    (folder / "geoseg.json").write_text(DESIGN_EXAMPLE.replace(find, replace))
+    assert message in str(_one_line_bundle_error(folder))
+
+
+def test_bands_that_do_not_match_the_network_are_refused(hand_made: Path, tmp_path: Path) -> None:
+    folder = _copy(hand_made, tmp_path / "b")
+    four = (
+        DESIGN_EXAMPLE.replace('"bands": [1, 2, 3]', '"bands": [1, 2, 3, 4]')
+        .replace('"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]', '"mean": [0.5] * 4, "std": [0.25] * 4')
+        .replace("[0.5] * 4", "[0.5, 0.5, 0.5, 0.5]")
+        .replace("[0.25] * 4", "[0.25, 0.25, 0.25, 0.25]")
+    )
+    (folder / "geoseg.json").write_text(four)
+    assert "the network takes 3 input band(s)" in str(_one_line_bundle_error(folder))
