@@ -243,8 +243,14 @@ def _ensure_folder_writable(out: Path) -> None:
 
 
 def _check_class_map(ds: rasterio.DatasetReader, path: Path) -> None:
+    if ds.count != 1:
+        raise InputError(f"is not a class map: it has {ds.count} bands (an image?), expected one band of class ids",
+                         path)  # fmt: skip
     if ds.dtypes[0] not in CLASS_MAP_DTYPES:
         raise InputError(f"is not a class map: band 1 is {ds.dtypes[0]}, expected uint8 class ids", path)
+    if ds.crs is None:
+        raise InputError("has no CRS, so its polygons would have no place on the map; assign one "
+                         "(gdal_edit.py -a_srs EPSG:…) and run again", path)  # fmt: skip
 
 
 def _nodata_values(nodata: float | None) -> set[int]:

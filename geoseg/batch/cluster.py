@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geoseg.errors import InputError
+from geoseg.infer.parallel import check_scheduler
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ def dask_client(options: ClusterOptions) -> Iterator:
             yield client
         return
     target = options.scheduler
+    check_scheduler(target, known=(), files=True)
     kwargs = {"security": _security(options), "timeout": options.connect_timeout_s}
     if Path(target).is_file():  # a scheduler file written by `dask scheduler --scheduler-file`
         kwargs["scheduler_file"] = target

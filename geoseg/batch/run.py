@@ -35,7 +35,7 @@ from geoseg.device import resolve_device
 from geoseg.errors import GeoSegError, InputError, OutputExistsError
 from geoseg.infer.assemble import block_layout
 from geoseg.infer.outputs import OutputPaths, finish_outputs
-from geoseg.infer.parallel import BlockJob, run_block
+from geoseg.infer.parallel import BlockJob, check_scheduler, run_block
 from geoseg.infer.run import (
     InferOptions,
     MosaicWriter,
@@ -102,6 +102,8 @@ def run_batch(
     device = resolve_device(options.infer.device)
     # Settings wrong for every mosaic stop the batch before it starts (exit 2), not each mosaic (exit 3).
     window_settings(options.infer, model.meta)
+    if options.cluster.scheduler is not None:
+        check_scheduler(options.cluster.scheduler, known=(), files=True)
     resolve_precision(options.infer.precision, device, meta=model.meta)
     manifest = Manifest.load(out_dir, str(bundle.absolute()), bundle_sha256(bundle))
     names = output_stems(mosaics)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX, Config
 from geoseg.data.datasets import LabeledOrtho
@@ -14,8 +15,10 @@ from geoseg.data.labels import labels_on_grid
 from geoseg.data.preprocess import BandStats, Normalization, choose_normalization, compute_band_stats
 from geoseg.data.sampling import LabeledWindowSampler, MultiImageSampler, validation_windows
 from geoseg.errors import ConfigError, InputError
-from geoseg.io.raster import RasterInfo, check_bands, read_info, verify_readable
+from geoseg.io.raster import RasterInfo, check_bands, open_raster, read_info, read_window, verify_readable
 from geoseg.io.vector import read_region
+
+LABEL_CHECK_BLOCK = 1024
 
 
 @dataclass
@@ -57,8 +60,31 @@ def load_images(cfg: Config) -> list[ImageData]:
                 f"image and use the values in data.classes ({[c.value for c in data.classes]})?",
                 label_path,
             )
+        if not _any_valid_under_labels(info, bands, labels):
+            raise InputError(
+                f"has no valid pixel under the labels (all nodata or NaN there); check its nodata value, "
+                f"or that {Path(label_path).name} labels the right image",
+                info.path,
+            )
         images.append(ImageData(info, labels, _validation_region(cfg, info, labels)))
     return images
+
+
+def _any_valid_under_labels(info: RasterInfo, bands: list[int], labels: np.ndarray) -> bool:
+    """Whether some labelled pixel holds data; stops at the first block that has one."""
+    rows = np.flatnonzero((labels != IGNORE_INDEX).any(axis=1))
+    cols = np.flatnonzero((labels != IGNORE_INDEX).any(axis=0))
+    with open_raster(info.path) as ds:
+        for r in range(rows[0], rows[-1] + 1, LABEL_CHECK_BLOCK):
+            for c in range(cols[0], cols[-1] + 1, LABEL_CHECK_BLOCK):
+                window = Window(
+                    c, r, min(LABEL_CHECK_BLOCK, cols[-1] + 1 - c), min(LABEL_CHECK_BLOCK, rows[-1] + 1 - r)
+                )
+                _, valid = read_window(ds, bands, window)
+                labelled = labels[r : r + int(window.height), c : c + int(window.width)] != IGNORE_INDEX
+                if (valid & labelled).any():
+                    return True
+    return False
 
 
 def _validation_region(cfg: Config, info: RasterInfo, labels: np.ndarray) -> np.ndarray:

@@ -64,6 +64,9 @@ def histogram_matched_normalization(normalization: Normalization, report: DriftR
     )
 
 
+ZERO_SPREAD = 1e-6  # a band's sd below this share of its mean's size: a constant band, numerically
+
+
 def remedied_normalization(
     normalization: Normalization, remedy: str, report: DriftReport | None, bundle: Path, mosaic: Path
 ) -> Normalization:
@@ -77,6 +80,13 @@ def remedied_normalization(
     if any(b.mosaic_hist is None for b in report.bands):
         raise InputError(f"has no valid pixels to take statistics from, so --remedy {remedy} cannot be used", mosaic)
     if remedy == "mosaic-stats":
+        for band in report.bands:
+            if not band.mosaic_std > ZERO_SPREAD * max(abs(band.mosaic_mean), 1.0):
+                raise InputError(
+                    f"band {band.band} has no spread (every valid pixel is about {band.mosaic_mean:g}), so "
+                    "--remedy mosaic-stats would stretch it without bound; use --remedy histogram or none",
+                    mosaic,
+                )
         return matched_normalization(normalization, report)
     if any(b.train_hist is None for b in report.bands):
         raise BundleError(

@@ -13,6 +13,7 @@ import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -22,12 +23,14 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from shapely.geometry.base import BaseGeometry
 
+from geoseg.errors import InputError
 from geoseg.infer.assemble import Contribution
 from geoseg.infer.block import ModelSource, segment_block
 from geoseg.infer.engine import InferenceSpec
 from geoseg.io.raster import cap_gdal_cache, read_window
 
 SCHEDULERS = ("sync", "threads", "processes")
+CONNECT_TIMEOUT_S = 10
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,23 @@ def run_blocks(
         _run_distributed(jobs, scheduler, workers, on_done)
 
 
+def check_scheduler(value: str, known: tuple[str, ...] = (*SCHEDULERS, "local"), files: bool = False) -> None:
+    """Refuse a ``--scheduler`` that is neither a name in ``known`` nor a Dask address (nor, if ``files``,
+    an existing scheduler file) before any work starts: Dask's own error is a traceback."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    if value in known or (files and Path(value).is_file()):
+        return
+    try:
+        scheme, location = parse_address(value)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except ValueError as exc:
+        names = ", ".join(known)
+        kinds = f"{names}, a scheduler address" + (" or a scheduler file" if files else "")
+        raise InputError(f"--scheduler {value!r} is not {kinds} such as tcp://host:8786 ({exc})") from None
+
+
 def _run_local(jobs: list[BlockJob], scheduler: str, workers: int, on_done) -> None:
     """Dask's local schedulers, with one pool for the whole run so each process loads the model once."""
     if scheduler == "sync":
@@ -104,7 +124,12 @@ def _run_distributed(jobs: list[BlockJob], address: str, workers: int, on_done) 
         with cluster, Client(cluster) as client:
             _submit_bounded(client, jobs, workers, on_done, as_completed)
         return
-    with Client(address) as client:
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"no Dask scheduler answered at {address} ({exc.__class__.__name__}); start one with "
+                         "`dask scheduler`, check the address, or use --scheduler threads") from None  # fmt: skip
+    with client:
         n = max(1, len(client.scheduler_info().get("workers", {})) or workers)
         _submit_bounded(client, jobs, n, on_done, as_completed)
 

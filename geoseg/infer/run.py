@@ -24,10 +24,17 @@ from geoseg.drift.report import DriftReport
 from geoseg.errors import InputError, OutputError
 from geoseg.infer.assemble import Assembler, Contribution
 from geoseg.infer.engine import InferenceSpec
-from geoseg.infer.parallel import BlockJob, run_blocks
+from geoseg.infer.parallel import BlockJob, check_scheduler, run_blocks
 from geoseg.infer.settings import default_batch_size, resolve_precision, window_size
 from geoseg.infer.writer import confidence_percent, open_class_map, open_confidence_map
-from geoseg.io.raster import RasterInfo, cap_gdal_cache, ensure_writable, first_line, read_info
+from geoseg.io.raster import (
+    RasterInfo,
+    cap_gdal_cache,
+    ensure_writable,
+    first_line,
+    read_info,
+    removed_if_left_empty,
+)
 from geoseg.io.vector import read_vector
 from geoseg.memory import release_free_memory
 from geoseg.model.bundle import Bundle, BundleMeta, bundle_version, check_bundle_fits, load_bundle
@@ -201,10 +208,17 @@ def segment_mosaic(
     for path in (classes_path, confidence_path):
         if path is not None:
             ensure_writable(path, overwrite)
+    check_scheduler(options.scheduler)
     bundle = load_bundle(bundle_path, device="cpu")
     plan = plan_mosaic(mosaic, bundle, options, device, confidence_path is not None)
-    check_output_folder(classes_path.parent)  # last: it creates the folder, so a refused run leaves none
-    reporter = progress or Progress()
+    folder = classes_path.parent
+    with removed_if_left_empty(folder):
+        check_output_folder(folder)  # last: it creates the folder, so a refused run leaves none
+        return _segment(plan, mosaic, classes_path, confidence_path, options, progress or Progress())
+
+
+def _segment(plan: MosaicPlan, mosaic: Path, classes_path: Path, confidence_path: Path | None,
+             options: InferOptions, reporter: Progress) -> ClassMapResult:  # fmt: skip
     with MosaicWriter(plan, classes_path, confidence_path) as writer:
 
         def write(contribution: Contribution) -> None:

@@ -207,6 +207,19 @@ def atomic_path(final: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def removed_if_left_empty(folder: Path) -> Iterator[None]:
+    """Folders this block creates for ``folder`` are removed again if it fails and leaves them empty."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for created in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                created.rmdir()  # only succeeds while empty
+        raise
+
+
 def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -6,6 +6,7 @@ Loading reads safetensors and JSON only; nothing is ever unpickled.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import shutil
 import tempfile
@@ -250,7 +251,8 @@ def _load_dir(path: Path, device: str | torch.device) -> Bundle:
             raise BundleError(f"lacks {required}; a bundle holds config.json, model.safetensors and {META_FILE}", path)
     meta = _read_meta(path / META_FILE, path)
     try:
-        model = smp.from_pretrained(str(path))
+        with contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints "Loading weights from local …"
+            model = smp.from_pretrained(str(path))
     except Exception as exc:
         raise BundleError(f"cannot load the network ({type(exc).__name__}: {str(exc)[:200]})", path) from None
     n_in = _input_channels(model)

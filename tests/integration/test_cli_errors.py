@@ -165,6 +165,18 @@ def test_train_image_without_crs(tmp_path: Path, lite0_weights: Path) -> None:
     train_refused(tmp_path, config, image, ("assign one", "georeference"))
 
 
+def test_train_image_with_no_valid_pixel_under_the_labels(tmp_path: Path, lite0_weights: Path) -> None:
+    """A float copy of the tile that is NaN everywhere (no nodata tag): nothing to learn from."""
+    with rasterio.open(shared_data(*NB_IMAGE)) as src:
+        profile = src.profile | {"dtype": "float32", "nodata": None}
+        shape = (src.count, src.height, src.width)
+    image = tmp_path / "all_nan.tif"
+    with rasterio.open(image, "w", **profile) as dst:
+        dst.write(np.full(shape, np.nan, dtype=np.float32))
+    config = base_config(tmp_path, lite0_weights, data={"images": [str(image)]})
+    train_refused(tmp_path, config, image, ("no valid pixel under the labels", "nodata value"))
+
+
 def test_train_label_field_that_does_not_exist(tmp_path: Path, lite0_weights: Path) -> None:
     config = base_config(tmp_path, lite0_weights, data={"label_field": "nope"})
     line = train_refused(tmp_path, config, shared_data(*NB_LABELS), ("Quatreclasses",))  # lists the real fields
@@ -329,7 +341,12 @@ def test_evaluate_existing_json_without_overwrite(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("option", "value", "hint"), [("--overlap", "500", "less than the tile"), ("--precision", "half", "one of")]
+    ("option", "value", "hint"),
+    [
+        ("--overlap", "500", "less than the tile"),
+        ("--precision", "half", "one of"),
+        ("--scheduler", "nonsense", "scheduler address"),
+    ],
 )
 def test_batch_settings_wrong_for_every_mosaic_stop_it_before_it_starts(
     tmp_path: Path, option: str, value: str, hint: str

@@ -139,3 +139,15 @@ def test_drift_cli_errors_are_one_line(tmp_path: Path, bundle: Path, old_bundle:
     one_line_error(drift_cli(tile2, "--model", bundle, "--json", "d.json", cwd=tmp_path), "d.json", "--overwrite")
     one_line_error(drift_cli(tile2, "--model", bundle, "--remedy", "gamma", cwd=tmp_path), "--remedy")
     assert (tmp_path / "d.json").read_text() == "{}"
+
+
+def test_mosaic_stats_refuses_a_band_without_spread(tmp_path: Path, bundle: Path) -> None:
+    """A band stuck at one value (a dead sensor channel) would be stretched without bound: refused, named."""
+    with rasterio.open(shared_data(*TILE2)) as src:
+        data, profile = src.read(), src.profile
+    data[1] = 128
+    flat = tmp_path / "flat_green.tif"
+    with rasterio.open(flat, "w", **profile) as dst:
+        dst.write(data)
+    one_line_error(drift_cli(flat, "--model", bundle, "--remedy", "mosaic-stats", cwd=tmp_path),
+                   "flat_green.tif", "band 2 has no spread", "--remedy histogram")  # fmt: skip

@@ -123,6 +123,13 @@ def test_cuda_without_gpu(tmp_path: Path, bundles: dict[str, Path]) -> None:
     )
 
 
+@pytest.mark.parametrize(("value", "fix"), [("nonsense", "tcp://host:8786"), ("tcp://127.0.0.1:1", "dask scheduler")])
+def test_scheduler_that_is_no_name_or_answers_nothing(tmp_path: Path, bundles: dict[str, Path], value: str,
+                                                      fix: str) -> None:  # fmt: skip
+    """A typo gave Dask's traceback; a dead address left an empty --out-dir behind."""
+    infer_refused(tmp_path, shared_data(*NB_IMAGE), bundles["rgb128"], value, (fix,), "--scheduler", value)
+
+
 def test_unknown_precision(tmp_path: Path, bundles: dict[str, Path]) -> None:
     line = infer_refused(
         tmp_path, shared_data(*NB_IMAGE), bundles["rgb128"], "--precision", ("fp32",), "--precision", "nonsense"

@@ -348,3 +348,27 @@ def test_vectorize_command_on_a_missing_class_map_is_one_line(tmp_path: Path) ->
     assert done.returncode == 2
     assert done.stderr.startswith("geoseg: error:") and str(missing) in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "p.gpkg").exists()
+
+
+@pytest.mark.parametrize("problem", ["rgb mosaic", "float band", "no crs"])
+def test_vectorize_refuses_what_is_not_a_class_map(tmp_path: Path, problem: str) -> None:
+    """A 3-band RGB mosaic gave 84 k polygons of pixel values before; a map without a CRS, placeless ones."""
+    out = tmp_path / "p.gpkg"
+    if problem == "rgb mosaic":
+        source, needle = shared_data("new_brunswick", "23322E759967N_clipped_1m_2of2.tif"), "3 bands"
+    elif problem == "float band":
+        source, needle = tmp_path / "float.tif", "float32"
+        with rasterio.open(source, "w", driver="GTiff", width=8, height=8, count=1, dtype="float32", crs=UTM16,
+                           transform=from_origin(0, 8, 1, 1)) as dst:  # fmt: skip
+            dst.write(np.ones((1, 8, 8), dtype=np.float32))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            source = write_map(tmp_path / "nocrs.tif", np.ones((8, 8), dtype=np.uint8), crs=None)
+        needle = "no CRS"
+    done = subprocess.run([sys.executable, "-m", "geoseg", "vectorize", str(source), "-o", str(out),
+                           "--progress", "none"], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and str(source) in lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".p.gpkg*"))
