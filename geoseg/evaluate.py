@@ -35,7 +35,7 @@ from rasterio.windows import transform as window_transform
 from geoseg.config import DEFAULT_COLORS, IGNORE_INDEX, ClassSpec, normalize_label_value
 from geoseg.errors import InputError
 from geoseg.infer.writer import CLASSES_TAG
-from geoseg.io.raster import GridSpec, RasterInfo, block_windows, open_raster, read_info
+from geoseg.io.raster import GridSpec, RasterInfo, block_windows, open_raster, read_info, verify_readable
 from geoseg.io.vector import is_vector, rasterize_labels, read_vector
 from geoseg.metrics import SegmentationScores, confusion_from_arrays, scores_from_confusion
 
@@ -159,10 +159,12 @@ def evaluate(
     if classes is not None and not _valid_ids([c.id for c in classes]):
         raise ValueError(f"class ids must be unique and within 0-{MAX_CLASS_ID}: {[c.id for c in classes]}")
     pred_info = _read_prediction_info(prediction)
+    verify_readable(prediction)  # a damaged tile would otherwise stop the count half-way, in a traceback
     classes = classes or read_class_table(prediction)
     if is_vector(labels):
         source: _LabelSource = _VectorLabels(labels, label_field, classes, pred_info.grid)
     else:
+        verify_readable(labels)
         source = _RasterLabels(labels, pred_info.grid, prediction)
     joint = _count_joint(pred_info, source)
     if classes is None:

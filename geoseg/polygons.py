@@ -49,7 +49,7 @@ from rasterio.windows import Window
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import ConfigError, InputError, OutputError
 from geoseg.infer.writer import CLASSES_TAG
-from geoseg.io.raster import atomic_path, ensure_writable, open_raster
+from geoseg.io.raster import atomic_path, ensure_writable, open_raster, verify_readable
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -101,6 +101,8 @@ def vectorize_class_map(
 
     with open_raster(class_map) as ds:
         _check_class_map(ds, class_map)
+    verify_readable(class_map)  # GDAL's polygonize skips unreadable tiles silently: an empty layer, exit 0
+    with open_raster(class_map) as ds:
         names = _class_names(ds, classes)
         crs = ds.crs
         threshold = _area_threshold(min_area, min_pixels, abs(ds.transform.determinant))
@@ -176,6 +178,8 @@ def class_areas(class_map: str | Path, classes: Sequence[ClassSpec] | None = Non
     class_map = Path(class_map)
     with open_raster(class_map) as ds:
         _check_class_map(ds, class_map)
+    verify_readable(class_map)  # GDAL's polygonize skips unreadable tiles silently: an empty layer, exit 0
+    with open_raster(class_map) as ds:
         names = _class_names(ds, classes)
         skip = _nodata_values(ds.nodata)
         counts = np.zeros(256 if ds.dtypes[0] == "uint8" else 65536, dtype=np.int64)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from geoseg.config import PreprocessConfig, QualityMaskConfig, load_config
@@ -19,11 +20,13 @@ from geoseg.data.preprocess import (
     compute_band_stats,
     quality_codes,
 )
+from geoseg.errors import InputError
 from geoseg.io.raster import (
     atomic_path,
     block_windows,
     check_bands,
     ensure_writable,
+    first_line,
     open_raster,
     read_info,
     read_window,
@@ -70,7 +73,10 @@ def write_quality_mask(
     with atomic_path(target) as tmp, open_raster(mosaic) as src, rasterio.open(tmp, "w", **profile) as dst:
         for done, w in enumerate(windows, 1):
             padded = Window(w.col_off - halo, w.row_off - halo, w.width + 2 * halo, w.height + 2 * halo)
-            raw, valid = read_window(src, bands, padded)
+            try:
+                raw, valid = read_window(src, bands, padded)
+            except RasterioIOError as exc:
+                raise InputError(f"could not be read to the end ({first_line(exc)}); re-copy it", mosaic) from None
             codes = quality_codes(normalization.scaled(raw), valid, quality)
             block = codes[halo : halo + w.height, halo : halo + w.width]
             dst.write(block, 1, window=w)

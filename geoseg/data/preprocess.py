@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from scipy import ndimage
 
 from geoseg.config import PreprocessConfig, QualityMaskConfig
 from geoseg.data.histogram import BINS, Histogram, bin_edges
-from geoseg.io.raster import block_windows, open_raster, read_window
+from geoseg.errors import InputError
+from geoseg.io.raster import block_windows, first_line, open_raster, read_window
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -94,7 +96,10 @@ def compute_band_stats(
     windows = [(p, w) for p in paths for w in _stat_windows(p)]
     for done, (path, window) in enumerate(windows, 1):
         with open_raster(path) as ds:
-            data, valid = read_window(ds, bands, window)
+            try:
+                data, valid = read_window(ds, bands, window)
+            except RasterioIOError as exc:
+                raise InputError(f"could not be read to the end ({first_line(exc)}); re-copy it", path) from None
         values = data[:, valid]
         if values.size:
             count += values.shape[1]
