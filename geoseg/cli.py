@@ -325,7 +325,7 @@ def drift(
     if json_out is not None:
         document = {"mosaic": str(mosaic), "bundle": str(model), "remedy": remedy.value, **report.to_json()}
         with atomic_path(json_out) as tmp:
-            tmp.write_text(json.dumps(document, indent=2) + "\n")
+            tmp.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
         typer.echo(f"details: {json_out}")
     if plot is not None:
         from geoseg.drift.plot import write_drift_plot

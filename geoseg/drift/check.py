@@ -45,6 +45,9 @@ def check_drift(
     info = read_info(mosaic)
     check_bundle_fits(bundle, info)
     meta = bundle.meta
+    if sample_mosaic(mosaic, meta.bands).values.shape[1] == 0:
+        raise InputError("has no valid pixel (all nodata or NaN, in a read of up to 4 Mpx): there is nothing to "
+                         "compare with the training data; check its nodata value", mosaic)  # fmt: skip
     report = band_report(mosaic, meta)
     if not run_model:
         return report

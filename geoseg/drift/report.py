@@ -96,6 +96,8 @@ class BandDrift:
 
     @property
     def drifted(self) -> bool:
+        if math.isnan(self.mosaic_mean):  # no valid pixel measured: nothing says it drifted
+            return False
         ratio = self.spread_ratio
         return self.gap > DISTANCE_LIMIT or not 1 / SPREAD_RATIO_LIMIT <= ratio <= SPREAD_RATIO_LIMIT
 
@@ -136,7 +138,9 @@ class DriftReport:
 
     def verdict(self) -> str:
         parts = []
-        if self.bands:
+        if self.bands and all(b.mosaic_hist is None and math.isnan(b.mosaic_mean) for b in self.bands):
+            parts.append("bands not compared: the mosaic has no valid pixel (all nodata or NaN)")
+        elif self.bands:
             detail = "; ".join(b.summary() for b in self.bands)
             if self.bands_drifted:
                 worst = max(self.bands, key=lambda b: b.gap)
@@ -158,7 +162,8 @@ class DriftReport:
         return "; ".join(parts)
 
     def to_json(self) -> dict:
-        return {
+        """The report as JSON-safe values: a number that is not finite (no data to measure) is null."""
+        return _finite({
             "drifted": self.drifted,
             "verdict": self.verdict(),
             "limits": {"distance_sd": DISTANCE_LIMIT, "spread_ratio": SPREAD_RATIO_LIMIT,
@@ -166,7 +171,7 @@ class DriftReport:
             "bands": [b.to_json() for b in self.bands],
             "low_confidence": self.low_confidence.to_json() if self.low_confidence is not None else None,
             "adaptation": self.adaptation,
-        }  # fmt: skip
+        })  # fmt: skip
 
     def without_histograms(self) -> dict:
         """The JSON without the histograms: small enough for a GeoTIFF tag."""
@@ -174,6 +179,17 @@ class DriftReport:
         for band in document["bands"]:
             band.pop("train_hist"), band.pop("mosaic_hist")
         return document
+
+
+def _finite(value):
+    """``value`` with NaN and ±inf replaced by None, recursively: JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def training_bands(train_stats: dict | None, bands: list[int]) -> dict[int, dict] | None:

@@ -151,3 +151,24 @@ def test_mosaic_stats_refuses_a_band_without_spread(tmp_path: Path, bundle: Path
         dst.write(data)
     one_line_error(drift_cli(flat, "--model", bundle, "--remedy", "mosaic-stats", cwd=tmp_path),
                    "flat_green.tif", "band 2 has no spread", "--remedy histogram")  # fmt: skip
+
+
+def test_nan_in_a_float_mosaic(tmp_path: Path, bundle: Path) -> None:
+    """A NaN patch is nodata, not a poisoned distance; an all-NaN mosaic is refused; the JSON never holds NaN."""
+    with rasterio.open(shared_data(*TILE2)) as src:
+        data, profile = src.read().astype(np.float32), src.profile | {"dtype": "float32", "nodata": None}
+    data[:, 100:160, 100:160] = np.nan
+    patched, empty = tmp_path / "patched.tif", tmp_path / "all_nan.tif"
+    with rasterio.open(patched, "w", **profile) as dst:
+        dst.write(data)
+    with rasterio.open(empty, "w", **profile) as dst:
+        dst.write(np.full_like(data, np.nan))
+    done = drift_cli(patched, "--model", bundle, "--json", "p.json", "--no-model", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "p.json").read_text()
+    assert "NaN" not in text and "nan" not in done.stdout.lower().replace("nan ", "")
+    distances = [b["distance_sd"] for b in json.loads(text)["bands"]]
+    assert all(d is not None and 0 <= d < 1.0 for d in distances)  # tile 2 against tile 1: another scene only
+    one_line_error(drift_cli(empty, "--model", bundle, "--json", "e.json", cwd=tmp_path), "all_nan.tif",
+                   "no valid pixel")  # fmt: skip
+    assert not (tmp_path / "e.json").exists()
