@@ -151,6 +151,11 @@ def segment(
     crs = da.rio.crs
     if crs is None:
         raise ArrayError("the DataArray has no CRS; set one with da.rio.write_crs('EPSG:…')")
+    if _mirrored(da, y_dim, x_dim):
+        raise ArrayError(
+            "the DataArray is mirrored (south-up: y increases down the rows), so the network would see the scene "
+            "flipped; warp the file north-up (gdalwarp in.tif north_up.tif) and open that"
+        )
     if da.sizes[y_dim] == 0 or da.sizes[x_dim] == 0:
         raise ArrayError(f"the DataArray is empty ({da.sizes[y_dim]} × {da.sizes[x_dim]} pixels)")
     if not (np.issubdtype(da.dtype, np.integer) or np.issubdtype(da.dtype, np.floating)):
@@ -243,6 +248,14 @@ def _dims(da: xr.DataArray) -> tuple[str, str, str]:
         raise ArrayError(f"the DataArray's spatial dimensions are not found ({exc}); name them y and x") from None
     (band_dim,) = (d for d in da.dims if d not in (y_dim, x_dim))
     return str(band_dim), str(y_dim), str(x_dim)
+
+
+def _mirrored(da: xr.DataArray, y_dim: str, x_dim: str) -> bool:
+    """Whether the rows or columns run the mirror way (by the coordinates: a cached transform may be stale)."""
+    ys, xs = da[y_dim].values, da[x_dim].values
+    y_up = len(ys) > 1 and ys[1] > ys[0]
+    x_left = len(xs) > 1 and xs[1] < xs[0]
+    return bool(y_up != x_left)
 
 
 def _raw_and_valid(

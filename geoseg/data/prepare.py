@@ -15,7 +15,15 @@ from geoseg.data.labels import labels_on_grid
 from geoseg.data.preprocess import BandStats, Normalization, choose_normalization, compute_band_stats
 from geoseg.data.sampling import LabeledWindowSampler, MultiImageSampler, validation_windows
 from geoseg.errors import ConfigError, InputError
-from geoseg.io.raster import RasterInfo, check_bands, open_raster, read_info, read_window, verify_readable
+from geoseg.io.raster import (
+    RasterInfo,
+    check_bands,
+    check_not_mirrored,
+    open_raster,
+    read_info,
+    read_window,
+    verify_readable,
+)
 from geoseg.io.vector import read_region
 
 LABEL_CHECK_BLOCK = 1024
@@ -47,6 +55,7 @@ def load_images(cfg: Config) -> list[ImageData]:
     bands = data.bands or infos[0].image_bands
     for info in infos:
         check_bands(info, bands, source="data.bands")
+        check_not_mirrored(info)
         if info.dtype != infos[0].dtype:
             raise InputError(f"has data type {info.dtype} but {infos[0].path.name} has {infos[0].dtype}", info.path)
         verify_readable(info.path)

@@ -71,6 +71,16 @@ class RasterInfo:
         return [b for b in range(1, self.count + 1) if b != self.alpha_band]
 
 
+def check_not_mirrored(info: RasterInfo) -> None:
+    """Refuse a raster stored mirrored (south-up: a positive y pixel size): the network would see its
+    scene mirrored, and a model's classes are not mirror-proof."""
+    t = info.grid.transform
+    if t.a * t.e - t.b * t.d > 0:
+        raise InputError("is stored mirrored (south-up: its pixel rows run from south to north), so the network "
+                         "would see the scene flipped; warp it north-up first: gdalwarp in.tif north_up.tif",
+                         info.path)  # fmt: skip
+
+
 def open_raster(path: str | Path) -> rasterio.DatasetReader:
     """Open a raster for reading, turning every failure into one readable line."""
     path = Path(path)

@@ -24,7 +24,7 @@ from geoseg import __version__
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.data.preprocess import Normalization
 from geoseg.errors import BundleError, OutputExistsError
-from geoseg.io.raster import RasterInfo, umask
+from geoseg.io.raster import RasterInfo, check_not_mirrored, umask
 
 FORMAT_VERSION = 1
 META_FILE = "geoseg.json"
@@ -280,7 +280,8 @@ def _output_channels(model: torch.nn.Module) -> int | None:
 
 
 def check_bundle_fits(bundle: Bundle, info: RasterInfo) -> None:
-    """Refuse a bundle that reads bands the raster does not have."""
+    """Refuse a bundle that reads bands the raster does not have, or a raster the network would see mirrored."""
+    check_not_mirrored(info)
     if max(bundle.meta.bands) > info.count:
         raise BundleError(
             f"reads bands {bundle.meta.bands} but {info.path.name} has {info.count} band(s); "
