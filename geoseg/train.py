@@ -468,7 +468,7 @@ def _recipe_record(t: TrainConfig, total: int, best_step: int | None, refit: boo
 def _check_outputs(out: Path, work: Path, overwrite: bool, resume: bool) -> None:
     """Refuse to clobber a bundle or an interrupted run's checkpoints unless told to."""
     if not resume:
-        ensure_writable(out, overwrite)
+        ensure_writable(out, overwrite, folder=True)
         if work.exists() and not overwrite:
             raise OutputExistsError(
                 "holds an earlier training's checkpoints; pass --resume to continue it or --overwrite to start over",

@@ -19,7 +19,7 @@ from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from geoseg.errors import InputError, OutputExistsError
+from geoseg.errors import InputError, OutputError, OutputExistsError
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
@@ -190,21 +190,32 @@ def block_windows(width: int, height: int, block: int) -> Iterator[Window]:
             yield Window(col, row, min(block, width - col), min(block, height - row))
 
 
-def ensure_writable(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing output unless asked to.
+def ensure_writable(path: Path, overwrite: bool, folder: bool = False) -> None:
+    """Refuse to replace an existing output unless asked to, and an output that could not be written:
+    a file output where a folder is (unless ``folder``: the output is one), under a file, in a read-only folder.
 
     Creates nothing: checks run before the inputs are validated, and a failed run must leave no trace
     (the writers create the parent folder when they write).
     """
+    if path.is_dir() and not folder:
+        raise OutputError("is a folder; name the file to write, inside it or elsewhere", path)
     if path.exists() and not overwrite:
         raise OutputExistsError("exists; pass --overwrite to replace it or choose another output", path)
+    parent = next(p for p in path.absolute().parents if p.exists())  # the nearest part that exists
+    if not parent.is_dir():
+        raise OutputError(f"cannot be written: {parent} is a file, not a folder; choose another output", path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot be written: no permission to write in {parent}; choose another output", path)
 
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling path that becomes ``final`` only if the block completes."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot be written ({exc.strerror}); choose another output", final) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
