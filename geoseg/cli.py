@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -111,21 +112,26 @@ def train(
     from geoseg.config import load_config
 
     cfg = load_config(config)  # before the slow import of torch and Lightning, so config errors show at once
+    from geoseg.train import TrainingInterrupted
     from geoseg.train import train as run_training
 
     target = out or config.with_name(f"{config.stem}_model")
     reporter = Progress(progress)
-    result = run_training(
-        cfg,
-        target,
-        max_steps=max_steps,
-        device=device.value,
-        overwrite=overwrite,
-        resume=resume,
-        emit=reporter.message,
-        progress_bar=progress == ProgressMode.bar,
-        step_progress=reporter.stage("train") if progress == ProgressMode.json else None,
-    )
+    try:
+        result = run_training(
+            cfg,
+            target,
+            max_steps=max_steps,
+            device=device.value,
+            overwrite=overwrite,
+            resume=resume,
+            emit=reporter.message,
+            progress_bar=progress == ProgressMode.bar,
+            step_progress=reporter.stage("train") if progress == ProgressMode.json else None,
+        )
+    except TrainingInterrupted as exc:
+        typer.echo(f"geoseg: interrupted; {exc}", err=True)
+        sys.exit(INTERRUPTED)
     reporter.message(f"bundle: {result.bundle}")
     if result.scores is not None:
         reporter.message(f"validation mIoU {result.scores.miou:.3f} after {result.steps} steps")
@@ -615,8 +621,14 @@ def demo(
 INTERRUPTED = 130  # the shell's code for a run stopped by SIGINT
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (timeout, SLURM's time limit, container runtimes) stops a run the way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point: user errors become one line and exit code 2; bugs keep their traceback (exit 1)."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         # Not standalone, typer turns Ctrl-C (KeyboardInterrupt) and `typer.Exit(n)` into a returned code n.
         code = app(standalone_mode=False)

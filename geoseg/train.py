@@ -407,7 +407,15 @@ def _fit(
     ckpt_path = work / "checkpoints" / "last.ckpt"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*srun.*")
-        trainer.fit(task, *loaders, ckpt_path=str(ckpt_path) if resume and ckpt_path.exists() else None)
+        try:
+            trainer.fit(task, *loaders, ckpt_path=str(ckpt_path) if resume and ckpt_path.exists() else None)
+        except SystemExit:
+            if not trainer.interrupted:
+                raise
+            # Lightning turns Ctrl-C into sys.exit(1); it is an interruption, with a way to go on
+            hint = ("rerun the same command with --resume to continue from the last epoch" if ckpt_path.exists()
+                    else "no epoch finished, so start again")  # fmt: skip
+            raise TrainingInterrupted(hint) from None
     best = _best_state(checkpoint)
     if best is not None:
         task.load_state_dict(best)
@@ -417,6 +425,10 @@ def _fit(
         best_step = task.history_steps[best_index]
     task.targets = targets  # for the bundle's adaptation record
     return _Fit(task, ts, trainer.global_step, trainer.current_epoch, best_step)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during training; the message says how to go on."""
 
 
 def weights_normalization(weights: str | None, n_bands: int) -> Normalization | None:

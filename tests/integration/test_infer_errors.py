@@ -207,8 +207,10 @@ def test_existing_outputs_replaced_with_overwrite(tmp_path: Path, bundles: dict[
 # --- interruption ----------------------------------------------------------------------------------
 
 
-def test_sigint_leaves_no_finished_looking_output(tmp_path: Path, bundles: dict[str, Path]) -> None:
-    """SIGINT once the first block is written: exit 130, and no output or temporary file in the folder."""
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_leaves_no_finished_looking_output(tmp_path: Path, bundles: dict[str, Path], sent: int) -> None:
+    """SIGINT, or SIGTERM as timeout and SLURM send, once the first block is written: exit 130, and no
+    output or temporary file in the folder."""
     from geoseg.demo_data import make_survey
 
     mosaic = make_survey(tmp_path / "survey", size=2048).image  # 16 blocks of 512 px, about a second each
@@ -235,7 +237,7 @@ def test_sigint_leaves_no_finished_looking_output(tmp_path: Path, bundles: dict[
         else:
             pytest.fail(f"the run ended before a block was done (exit {process.wait()}):\n{''.join(seen)}")
         total = json.loads(seen[-1])["total"]
-        process.send_signal(signal.SIGINT)
+        process.send_signal(sent)
         rest = process.stderr.read()
         code = process.wait()
     finally:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,41 @@ train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 6}}
     bundle = load_bundle(tmp_path / "model")
     assert [c.name for c in bundle.meta.classes] == ["soil", "crust", "lichen", "moss"]
     assert survey.image.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_training_says_how_to_resume_and_resumes(tmp_path: Path, lite0_weights: Path, sent: int) -> None:
+    """Ctrl-C (or SLURM's SIGTERM) mid-training: exit 130, one line pointing at --resume, no bundle; then
+    --resume finishes and writes the bundle."""
+    make_survey(tmp_path / "plot", size=320, seed=5)
+    config = write_config(tmp_path / "train.yaml", f"""
+data: {{images: [plot/survey_ortho.tif], labels: plot/survey_labels.gpkg, label_field: class,
+        classes: {{1: soil, 2: crust, 3: lichen, 4: moss}}}}
+model: {{encoder: tu-efficientnet_lite0, weights: {lite0_weights}}}
+train: {{tile_size: 64, batch_size: 2, samples_per_epoch: 8, tta: false}}
+""")  # fmt: skip
+    command = [sys.executable, "-m", "geoseg", "train", str(config), "--out", "model", "--progress", "json"]
+    process = subprocess.Popen([*command, "--max-steps", "5000"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    watchdog = threading.Timer(600, process.kill)
+    watchdog.start()
+    try:
+        for line in process.stderr:
+            if line.startswith("{") and json.loads(line)["stage"] == "train" and json.loads(line)["done"] >= 10:
+                break
+        process.send_signal(sent)
+        rest = process.stderr.read()
+        code = process.wait()
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+    assert code == 130, rest
+    assert rest.strip().splitlines()[-1].startswith("geoseg: interrupted; rerun the same command with --resume"), rest
+    assert not (tmp_path / "model").exists() and (tmp_path / "model.train" / "checkpoints" / "last.ckpt").exists()
+    resumed = subprocess.run([*command, "--max-steps", "14", "--resume"], cwd=tmp_path, capture_output=True,
+                             text=True, check=False)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_bundle(tmp_path / "model").meta.classes[0].name == "soil"
