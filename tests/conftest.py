@@ -65,3 +65,39 @@ def make_random_bundle(
         resolution=resolution,
     )  # fmt: skip
     return save_bundle(model, meta, path, overwrite=True)
+
+
+def signal_once_ready(
+    command: list[str], cwd: Path, stage: str, done: int, sent: int, env: dict[str, str] | None = None,
+    timeout_s: float = 600,
+) -> tuple[int, list[str], str]:  # fmt: skip
+    """Run ``command`` (with ``--progress json``), send ``sent`` once ``stage`` reports ``done`` steps, and
+    return (exit code, the stderr lines up to then, the rest of stderr)."""
+    import json
+    import signal
+    import subprocess
+    import threading
+
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # a test runner started in the background may ignore SIGINT, and children inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    watchdog = threading.Timer(timeout_s, process.kill)
+    watchdog.start()
+    try:
+        seen = []
+        assert process.stderr is not None
+        for line in process.stderr:
+            seen.append(line)
+            if line.startswith("{") and json.loads(line)["stage"] == stage and json.loads(line)["done"] >= done:
+                break
+        else:
+            pytest.fail(f"the run ended before {stage} reached {done} (exit {process.wait()}):\n{''.join(seen)}")
+        process.send_signal(sent)
+        rest = process.stderr.read()
+        return process.wait(), seen, rest
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()

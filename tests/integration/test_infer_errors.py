@@ -14,7 +14,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import pytest
 import rasterio
 import torch
 
-from tests.conftest import make_random_bundle, shared_data
+from tests.conftest import make_random_bundle, shared_data, signal_once_ready
 from tests.integration.test_cli_errors import CLI_TIMEOUT_S, assert_refused, cli_env, run_cli, snapshot
 
 NB_IMAGE = ("new_brunswick", "23322E759967N_clipped_1m_2of2.tif")  # 3-band uint8, 326 × 482, EPSG:2953
@@ -216,34 +215,8 @@ def test_sigint_leaves_no_finished_looking_output(tmp_path: Path, bundles: dict[
     mosaic = make_survey(tmp_path / "survey", size=2048).image  # 16 blocks of 512 px, about a second each
     command = [sys.executable, "-m", "geoseg", "infer", str(mosaic), "--model", str(bundles["rgb256"])]
     command += ["--out-dir", str(OUT), "--block-size", "512", "--scheduler", "sync", "--progress", "json"]
-    process = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        # a test runner started in the background may ignore SIGINT, and children inherit that
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    watchdog = threading.Timer(CLI_TIMEOUT_S, process.kill)
-    watchdog.start()
-    try:
-        seen = []
-        for line in process.stderr:
-            seen.append(line)
-            if line.startswith("{") and json.loads(line)["stage"] == "segment" and json.loads(line)["done"] >= 1:
-                break
-        else:
-            pytest.fail(f"the run ended before a block was done (exit {process.wait()}):\n{''.join(seen)}")
-        total = json.loads(seen[-1])["total"]
-        process.send_signal(sent)
-        rest = process.stderr.read()
-        code = process.wait()
-    finally:
-        watchdog.cancel()
-        if process.poll() is None:
-            process.kill()
+    code, seen, rest = signal_once_ready(command, tmp_path, "segment", 1, sent, env=cli_env(), timeout_s=CLI_TIMEOUT_S)
+    total = json.loads(seen[-1])["total"]
     stderr = "".join(seen) + rest
     assert code == 130, f"exit {code}\n{stderr}"
     assert "Traceback" not in stderr, stderr

@@ -6,14 +6,13 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from geoseg.demo_data import make_survey
 from geoseg.model.bundle import load_bundle
-from tests.conftest import write_config
+from tests.conftest import signal_once_ready, write_config
 
 
 @pytest.mark.slow
@@ -54,22 +53,7 @@ model: {{encoder: tu-efficientnet_lite0, weights: {lite0_weights}}}
 train: {{tile_size: 64, batch_size: 2, samples_per_epoch: 8, tta: false}}
 """)  # fmt: skip
     command = [sys.executable, "-m", "geoseg", "train", str(config), "--out", "model", "--progress", "json"]
-    process = subprocess.Popen([*command, "--max-steps", "5000"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
-    watchdog = threading.Timer(600, process.kill)
-    watchdog.start()
-    try:
-        for line in process.stderr:
-            if line.startswith("{") and json.loads(line)["stage"] == "train" and json.loads(line)["done"] >= 10:
-                break
-        process.send_signal(sent)
-        rest = process.stderr.read()
-        code = process.wait()
-    finally:
-        watchdog.cancel()
-        if process.poll() is None:
-            process.kill()
+    code, _, rest = signal_once_ready([*command, "--max-steps", "5000"], tmp_path, "train", 10, sent)
     assert code == 130, rest
     assert rest.strip().splitlines()[-1].startswith("geoseg: interrupted; rerun the same command with --resume"), rest
     assert not (tmp_path / "model").exists() and (tmp_path / "model.train" / "checkpoints" / "last.ckpt").exists()
