@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -208,11 +210,26 @@ def ensure_writable(path: Path, overwrite: bool, folder: bool = False) -> None:
         raise OutputError(f"cannot be written: no permission to write in {parent}; choose another output", path)
 
 
+def remove_stale_partials(final: Path) -> None:
+    """Remove ``final``'s own temporary files that a killed run (SIGKILL, power loss) left behind.
+
+    Only names this module makes for ``final`` (``.<name>.*.partial``); a second run writing the very same
+    output at the same moment would lose its temporary file, and would have clobbered the output anyway.
+    """
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.partial"):
+        with contextlib.suppress(OSError):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling path that becomes ``final`` only if the block completes."""
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(final)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
     except OSError as exc:
         raise OutputError(f"cannot be written ({exc.strerror}); choose another output", final) from None

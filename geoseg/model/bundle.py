@@ -24,7 +24,7 @@ from geoseg import __version__
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.data.preprocess import Normalization
 from geoseg.errors import BundleError, OutputExistsError
-from geoseg.io.raster import RasterInfo, check_not_mirrored, umask
+from geoseg.io.raster import RasterInfo, check_not_mirrored, remove_stale_partials, umask
 
 FORMAT_VERSION = 1
 META_FILE = "geoseg.json"
@@ -146,6 +146,7 @@ def save_bundle(model: smp.Unet, meta: BundleMeta, out_dir: Path, overwrite: boo
     if out_dir.exists() and not overwrite:
         raise OutputExistsError("exists; pass --overwrite to replace it or choose another --out", out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out_dir)  # a killed earlier save's staging folder
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     staging.chmod(0o777 & ~umask())  # mkdtemp makes 0700; a bundle is shared like any other output
     try:

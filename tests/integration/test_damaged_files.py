@@ -70,3 +70,15 @@ def test_damaged_inputs_are_one_line(tmp_path: Path, class_map: Path, mosaic: Pa
     before = snapshot(tmp_path)
     result = run_cli(tmp_path, *args)
     assert_refused(result, bad.name, ("re-copy", "re-export"), before, snapshot(tmp_path))
+
+
+def test_a_later_run_removes_what_a_killed_run_left(tmp_path: Path, class_map: Path) -> None:
+    """SIGKILL cannot be caught: its temporary files stay until the next run that writes the same output."""
+    out = tmp_path / "polygons.gpkg"
+    stale = tmp_path / ".polygons.gpkg.k1ll3d.partial"
+    stale.write_bytes(b"half a GeoPackage")
+    other = tmp_path / ".other.gpkg.abc.partial"  # another output's: not ours to remove
+    other.write_bytes(b"someone else's")
+    result = run_cli(tmp_path, "vectorize", class_map, "-o", out, "--progress", "none")
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > 0 and not stale.exists() and other.exists()
