@@ -128,6 +128,7 @@ def train(
             emit=reporter.message,
             progress_bar=progress == ProgressMode.bar,
             step_progress=reporter.stage("train") if progress == ProgressMode.json else None,
+            refit_progress=reporter.stage("refit") if progress == ProgressMode.json else None,
         )
     except TrainingInterrupted as exc:
         typer.echo(f"geoseg: interrupted; {exc}", err=True)

@@ -268,6 +268,7 @@ def train(
     progress_bar: bool = True,
     callbacks: list[Callback] | None = None,
     step_progress: Callable[[int, int], None] | None = None,
+    refit_progress: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train a U-Net as ``cfg`` says and write the bundle to ``out`` (checkpoints beside it).
 
@@ -294,6 +295,7 @@ def train(
         emit(f"refit: training again on the training and validation regions for {fit.best_step} of {total} steps "
              "(the best validation step)")  # fmt: skip
         everything = [replace(im, validation=np.zeros_like(im.validation)) for im in images]
+        common["step_progress"] = refit_progress
         fit = _fit(cfg, everything, work / "refit", resume=False, stop_at=max(1, fit.best_step), **common)
     task, ts = fit.task, fit.ts
     scores = _best_scores(validated.task)
@@ -407,6 +409,9 @@ def _fit(
     ckpt_path = work / "checkpoints" / "last.ckpt"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*srun.*")
+        if not ts.val_windows:  # the refit, or validation.fraction 0: nothing to monitor, by design
+            warnings.filterwarnings("ignore", ".*could not find the monitored key.*")
+            warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")
         try:
             trainer.fit(task, *loaders, ckpt_path=str(ckpt_path) if resume and ckpt_path.exists() else None)
         except SystemExit:

@@ -33,7 +33,7 @@ data:
   label_field: Quatreclasses
   classes: {{1: forest, 2: water, 3: road, 4: building}}
 model: {{encoder: tu-efficientnet_lite0, weights: null}}
-train: {{tile_size: 64, batch_size: 2, samples_per_epoch: 6, epochs: 1, seed: 0}}
+train: {{tile_size: 64, batch_size: 2, samples_per_epoch: 6, epochs: 1, seed: 0, refit: false}}
 adaptation:
   targets: {json.dumps([str(t) for t in targets])}
   weight: {weight}

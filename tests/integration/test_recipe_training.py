@@ -68,7 +68,7 @@ def test_schedule_warms_up_and_decays_and_refit_trains_to_the_best_step(tmp_path
 
 @pytest.mark.slow
 def test_max_steps_caps_the_recipe_and_the_schedule_fits_the_cap(tmp_path: Path, lite0_weights: Path) -> None:
-    cfg = load_config(_config(tmp_path, lite0_weights, "warmup: 0.5"))
+    cfg = load_config(_config(tmp_path, lite0_weights, "warmup: 0.5, refit: false"))
     rates = LearningRates()
     result = train(cfg, tmp_path / "bundle", max_steps=4, emit=lambda _: None, progress_bar=False, callbacks=[rates])
     assert result.steps == 4

@@ -29,7 +29,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, survey, lite0
         f"""
 data: {{images: [{survey.image}], labels: {survey.labels}, classes: {{1: soil, 2: crust, 3: lichen, 4: moss}}}}
 model: {{encoder: tu-efficientnet_lite0, weights: {lite0_weights}}}
-train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, epochs: 10}}
+train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, epochs: 10, refit: false}}
 """,
     )
     cfg = load_config(config)

@@ -39,7 +39,7 @@ data:
   classes: {NB_CLASSES}
   validation: {{fraction: 0.3}}
 model: {{encoder: tu-efficientnet_lite0, weights: {weights}}}
-train: {{tile_size: 128, batch_size: 4, lr: 0.001, samples_per_epoch: {steps_per_epoch_samples}, seed: 0}}
+train: {{tile_size: 128, batch_size: 4, lr: 0.001, samples_per_epoch: {steps_per_epoch_samples}, seed: 0, refit: false}}
 """,
     )
 
