@@ -17,12 +17,18 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
-def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
-    """The mosaics named by ``items``, in the order given, each once."""
+def expand_inputs(items: Sequence[str | Path], out_dir: Path | None = None) -> list[Path]:
+    """The mosaics named by ``items``, in the order given, each once; never a file inside ``out_dir``
+    (an output folder inside a survey folder would otherwise feed last run's class maps back in)."""
     found: list[Path] = []
     for item in items:
         found.extend(_expand(str(item), Path.cwd(), allow_lists=True))
-    unique = list(dict.fromkeys(path.absolute() for path in found))
+    outputs = out_dir.resolve() if out_dir is not None else None
+    unique = [
+        path
+        for path in dict.fromkeys(path.absolute() for path in found)
+        if outputs is None or outputs not in path.resolve().parents
+    ]
     if not unique:
         raise InputError("no mosaics found in the inputs given; name files, folders, globs or a list file")
     return unique

@@ -97,7 +97,7 @@ def run_batch(
     progress: Progress | None = None,
 ) -> BatchSummary:
     reporter = progress or Progress()
-    mosaics = expand_inputs(inputs)
+    mosaics = expand_inputs(inputs, out_dir)
     model = load_bundle(bundle)  # a bundle that cannot load stops the batch here, in one line
     device = resolve_device(options.infer.device)
     # Settings wrong for every mosaic stop the batch before it starts (exit 2), not each mosaic (exit 3).

@@ -34,6 +34,13 @@ def test_inputs_from_files_folders_globs_and_lists(tmp_path: Path, monkeypatch: 
     assert found == [b, c, a, tmp_path / "missing.tif"]  # in order, each once, a missing file kept to be reported
 
 
+def test_an_output_folder_inside_the_survey_is_never_read_as_input(tmp_path: Path) -> None:
+    mosaic = touch(tmp_path / "survey" / "plot_a.tif")
+    touch(tmp_path / "survey" / "results" / "plot_a_classes.tif")  # the last run's outputs
+    assert expand_inputs([tmp_path / "survey"], out_dir=tmp_path / "survey" / "results") == [mosaic]
+    assert len(expand_inputs([tmp_path / "survey"])) == 2  # without the output folder named, both are rasters
+
+
 def test_inputs_that_name_nothing_are_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no rasters"):
