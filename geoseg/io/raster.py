@@ -259,9 +259,24 @@ def removed_if_left_empty(folder: Path) -> Iterator[None]:
 
 
 def umask() -> int:
+    """The process's umask, read without changing it: setting and restoring it (the only portable way)
+    races with threads creating files, which then come out world-writable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT
+
+
+def _umask_now() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK_AT_IMPORT = _umask_now()  # imports run before any of geoseg's threads start
 
 
 def first_line(exc: BaseException) -> str:
