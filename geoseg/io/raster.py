@@ -226,7 +226,11 @@ def remove_stale_partials(final: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path that becomes ``final`` only if the block completes."""
+    """Yield a temporary sibling path that becomes ``final`` only if the block completes.
+
+    The file and then its folder are flushed to disk around the rename, so after a power cut ``final``
+    is the old file or the whole new one, never an empty or torn one.
+    """
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(final)
@@ -239,10 +243,25 @@ def atomic_path(final: Path) -> Iterator[Path]:
         yield tmp
         if tmp.exists():
             tmp.chmod(0o666 & ~umask())  # mkstemp makes 0600; outputs get the usual permissions
+            _fsync(tmp)
         os.replace(tmp, final)
+        _fsync(final.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to disk; where the OS cannot, carry on."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
