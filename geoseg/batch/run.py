@@ -268,7 +268,7 @@ class _Batch:
         """Polygons and areas from the written class map, then the manifest entry (finishing thread)."""
         try:
             finished = finish_outputs(mosaic.paths, self.options.min_area, self.options.simplify, overwrite=True)
-        except (GeoSegError, RasterioIOError, OSError) as exc:
+        except Exception as exc:  # one mosaic's polygons failing, however, fails that mosaic, not the survey
             self._record_failure(mosaic, _reason(exc))
             return
         runtime = time.perf_counter() - mosaic.started
