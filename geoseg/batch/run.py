@@ -31,7 +31,7 @@ from geoseg.batch.cluster import ClusterOptions, dashboard_link, dask_client, wo
 from geoseg.batch.inputs import expand_inputs, output_stems
 from geoseg.batch.manifest import DONE, FAILED, Fingerprint, Manifest, MosaicRecord, bundle_sha256
 from geoseg.batch.report import SurveyReport, write_survey_report
-from geoseg.device import resolve_device
+from geoseg.device import DEVICES, resolve_device
 from geoseg.errors import GeoSegError, InputError, OutputExistsError
 from geoseg.infer.assemble import block_layout
 from geoseg.infer.outputs import OutputPaths, finish_outputs
@@ -99,15 +99,20 @@ def run_batch(
     reporter = progress or Progress()
     mosaics = expand_inputs(inputs, out_dir)
     model = load_bundle(bundle)  # a bundle that cannot load stops the batch here, in one line
-    device = resolve_device(options.infer.device)
+    # On a cluster, each worker resolves the device it has (and the precision it supports); here only the
+    # local cluster's workers are this machine.
+    remote = options.cluster.scheduler is not None
+    device = options.infer.device if remote else resolve_device(options.infer.device)
+    if remote and device not in DEVICES:
+        resolve_device(device)  # the one-line refusal of a misspelt --device
     # Settings wrong for every mosaic stop the batch before it starts (exit 2), not each mosaic (exit 3).
     window_settings(options.infer, model.meta)
     if options.cluster.scheduler is not None:
         check_scheduler(options.cluster.scheduler, known=(), files=True)
-    resolve_precision(options.infer.precision, device, meta=model.meta)
+    resolve_precision(options.infer.precision, "cpu" if remote else device, meta=model.meta)
     manifest = Manifest.load(out_dir, str(bundle.absolute()), bundle_sha256(bundle))
     names = output_stems(mosaics)
-    batch = _Batch(model, out_dir, options, manifest, device, reporter)
+    batch = _Batch(model, out_dir, options, manifest, device, reporter, on_workers=remote)
     todo, skipped = batch.select(mosaics, names)
     check_output_folder(out_dir)
     if todo:
@@ -125,7 +130,8 @@ def run_batch(
 
 class _Batch:
     def __init__(self, bundle: Bundle, out_dir: Path, options: BatchOptions, manifest: Manifest, device: str,
-                 reporter: Progress) -> None:  # fmt: skip
+                 reporter: Progress, on_workers: bool = False) -> None:  # fmt: skip
+        self.on_workers = on_workers  # device, precision and batch size resolved by each worker
         self.bundle = bundle  # loaded once: every mosaic is checked against it
         self.out_dir = out_dir
         self.options = options
@@ -241,7 +247,7 @@ class _Batch:
             if not mosaic.path.exists():
                 raise InputError("does not exist", mosaic.path)
             plan = plan_mosaic(mosaic.path, self.bundle, self.options.infer, self.device, mosaic.paths.confidence
-                               is not None)  # fmt: skip
+                               is not None, on_workers=self.on_workers)  # fmt: skip
             mosaic.writer = MosaicWriter(plan, mosaic.paths.classes, mosaic.paths.confidence).__enter__()
         except (GeoSegError, RasterioIOError) as exc:
             self._record_failure(mosaic, _reason(exc))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dask
@@ -23,10 +23,12 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from shapely.geometry.base import BaseGeometry
 
+from geoseg.device import resolve_device
 from geoseg.errors import InputError
 from geoseg.infer.assemble import Contribution
 from geoseg.infer.block import ModelSource, segment_block
 from geoseg.infer.engine import InferenceSpec
+from geoseg.infer.settings import default_batch_size, resolve_precision
 from geoseg.io.raster import cap_gdal_cache, read_window
 
 SCHEDULERS = ("sync", "threads", "processes")
@@ -53,7 +55,8 @@ def run_block(job: BlockJob) -> Contribution:
     of a long-lived cluster then holds no file handles between tasks (nor a stale view of a replaced file).
     """
     cap_gdal_cache()
-    model = ModelSource(job.bundle, job.device, job.bundle_version)
+    device, spec = on_this_worker(job.device, job.spec)
+    model = ModelSource(job.bundle, device, job.bundle_version)
     with rasterio.open(job.mosaic) as ds:
 
         def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +68,18 @@ def run_block(job: BlockJob) -> Contribution:
             return features.geometry_mask([job.aoi], out_shape=shape, transform=transform, invert=True)
 
         return segment_block(
-            model, read, job.window, job.raster_shape, job.spec, inside_aoi if job.aoi is not None else None
+            model, read, job.window, job.raster_shape, spec, inside_aoi if job.aoi is not None else None
         )
+
+
+def on_this_worker(device: str, spec: InferenceSpec) -> tuple[str, InferenceSpec]:
+    """The device, precision and batch size a job left to its worker ("auto", 0), resolved where it runs:
+    `geoseg batch --device cuda` from a login node without a GPU runs on the cluster's GPUs."""
+    resolved = resolve_device(device)
+    if spec.precision == "auto" or spec.batch_size == 0:
+        spec = replace(spec, precision=resolve_precision(spec.precision, resolved),
+                       batch_size=spec.batch_size or default_batch_size(resolved))  # fmt: skip
+    return resolved, spec
 
 
 def run_blocks(

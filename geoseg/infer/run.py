@@ -109,11 +109,18 @@ def window_settings(options: InferOptions, meta: BundleMeta) -> tuple[int, int]:
     return window_size(options.tile, options.overlap, meta)
 
 
-def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str, confidence: bool) -> MosaicPlan:
-    """Check the mosaic against the (loaded) bundle and cut it into block jobs; creates no output."""
+def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str, confidence: bool,
+                on_workers: bool = False) -> MosaicPlan:  # fmt: skip
+    """Check the mosaic against the (loaded) bundle and cut it into block jobs; creates no output.
+
+    ``on_workers``: ``device`` is the one asked for ("auto", "cuda", "cpu"), and each worker resolves it,
+    with the precision and batch size that follow from it (a cluster's GPUs, seen from a login node).
+    """
     cap_gdal_cache()
     info = read_info(mosaic)
-    precision = resolve_precision(options.precision, device, meta=bundle.meta)
+    precision = resolve_precision(options.precision, "cpu" if on_workers else device, meta=bundle.meta)
+    if on_workers and bundle.meta.runtime != "onnx":
+        precision = options.precision  # checked above; "auto" is resolved by the worker
     check_bundle_fits(bundle, info)
     meta = bundle.meta
     bundle_path = bundle.path
@@ -127,7 +134,7 @@ def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str
         class_ids=[c.id for c in meta.classes],
         tile=tile,
         overlap=overlap,
-        batch_size=options.batch_size or default_batch_size(device),
+        batch_size=options.batch_size or (0 if on_workers else default_batch_size(device)),
         precision=precision,
         tta=meta.tta_default if options.tta is None else options.tta,
     )

@@ -15,6 +15,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+import torch
 
 from geoseg.demo_data import make_survey
 from geoseg.infer.run import InferOptions, segment_mosaic
@@ -218,3 +219,16 @@ def _wait_for_finished_mosaics(out: Path, process: subprocess.Popen, at_least: i
                 return done
         time.sleep(0.05)
     raise AssertionError(f"no mosaic finished (exit code {process.poll()})")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU, so its workers could use cuda")
+def test_the_device_is_resolved_by_the_workers_not_the_client(tmp_path: Path, cluster, mosaics: list[Path],
+                                                               bundle: Path) -> None:  # fmt: skip
+    """From a login node without a GPU, `--device cuda` is the cluster's business: not refused up front; here
+    the workers have no GPU either, so each mosaic fails with the worker's reason and the batch exits 3."""
+    out = tmp_path / "out"
+    result = run_batch_cli(out, bundle, mosaics[2], extra=("--scheduler", cluster.address, "--device", "cuda"))
+    assert result.returncode == 3, result.stderr
+    (record,) = manifest(out).values()
+    assert record["status"] == "failed" and "no CUDA GPU is visible" in record["reason"]
+    assert partial_files(out) == [] and not (out / "RGB.byte_classes.tif").exists()
