@@ -50,6 +50,7 @@ class MosaicRecord:
     outputs: dict[str, str] = field(default_factory=dict)  # kind (classes, polygons, areas, …) -> path
     runtime_s: float | None = None
     areas: dict | None = None  # geoseg.polygons.class_areas of the class map
+    settings: dict | None = None  # what the outputs were asked with (BatchOptions.result_settings)
 
     @classmethod
     def from_json(cls, data: dict) -> MosaicRecord:
@@ -93,7 +94,8 @@ class Manifest:
             raise InputError(reason, path) from None
         return cls(path, bundle, bundle_hash, records)
 
-    def is_finished(self, mosaic_id: str, fingerprint: Fingerprint | None) -> bool:
+    def is_finished(self, mosaic_id: str, fingerprint: Fingerprint | None, settings: dict | None = None) -> bool:
+        """Done earlier from the same input and bundle, asked with the same ``settings``, outputs in place."""
         record = self.records.get(mosaic_id)
         return (
             record is not None
@@ -101,6 +103,7 @@ class Manifest:
             and fingerprint is not None
             and record.fingerprint == fingerprint
             and record.bundle_sha256 == self.bundle_hash
+            and record.settings == settings
             and all(Path(p).exists() for p in record.outputs.values())
         )
 

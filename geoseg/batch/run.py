@@ -62,6 +62,13 @@ class BatchOptions:
     resume: bool = False
     overwrite: bool = False
 
+    def result_settings(self, tile: int, overlap: int) -> dict:
+        """What decides a mosaic's outputs beyond its input and bundle: --resume reruns when any differs."""
+        i = self.infer
+        return {"confidence": i.confidence, "polygons": self.polygons, "tile": tile, "overlap": overlap,
+                "remedy": i.remedy, "precision": i.precision, "tta": i.tta, "aoi": str(i.aoi) if i.aoi else None,
+                "min_area": self.min_area, "simplify": self.simplify}  # fmt: skip
+
 
 @dataclass
 class BatchSummary:
@@ -140,6 +147,7 @@ class _Batch:
         self.reporter = reporter
         self.blocks_total = 0
         self.blocks_done = 0
+        self.settings = options.result_settings(*window_settings(options.infer, bundle.meta))
 
     def select(self, mosaics: list[Path], names: dict[Path, str]) -> tuple[list[_Mosaic], list[str]]:
         """Mosaics to run now; those finished earlier are skipped under --resume. Refuses, before any
@@ -152,19 +160,19 @@ class _Batch:
             mosaic_id = names[path]
             fingerprint = Fingerprint.of(path)
             paths = OutputPaths.for_stem(self.out_dir, mosaic_id, opts.polygons, opts.infer.confidence)
-            if opts.resume and self.manifest.is_finished(mosaic_id, fingerprint):
+            if opts.resume and self.manifest.is_finished(mosaic_id, fingerprint, self.settings):
                 skipped.append(mosaic_id)
                 continue
-            if not (opts.resume or opts.overwrite):
-                if self.manifest.records:
-                    raise OutputExistsError(
-                        "holds an earlier batch (geoseg_batch.json); pass --resume to continue it or --overwrite "
-                        "to run everything again",
-                        self.out_dir,
-                    )
-                if existing := paths.existing():
-                    raise OutputExistsError("exists; pass --overwrite to replace it or choose another --out-dir",
-                                            existing[0])  # fmt: skip
+            if not (opts.resume or opts.overwrite) and self.manifest.records:
+                raise OutputExistsError(
+                    "holds an earlier batch (geoseg_batch.json); pass --resume to continue it or --overwrite "
+                    "to run everything again",
+                    self.out_dir,
+                )
+            # outputs no record of this batch explains (--resume included) are someone else's to keep
+            if not opts.overwrite and mosaic_id not in self.manifest.records and (existing := paths.existing()):
+                raise OutputExistsError("exists; pass --overwrite to replace it or choose another --out-dir",
+                                        existing[0])  # fmt: skip
             todo.append(_Mosaic(mosaic_id, path, paths, fingerprint, blocks=self._block_count(path, block)))
         self.blocks_total = sum(m.blocks for m in todo)
         return todo, skipped
@@ -280,7 +288,7 @@ class _Batch:
         runtime = time.perf_counter() - mosaic.started
         record = MosaicRecord(mosaic.id, str(mosaic.path), DONE, mosaic.fingerprint, self.manifest.bundle_hash,
                               outputs=mosaic.paths.as_dict(), runtime_s=round(runtime, 2),
-                              areas=finished.areas)  # fmt: skip
+                              areas=finished.areas, settings=self.settings)  # fmt: skip
         self.manifest.record(record)
         self.reporter.message(f"done: {mosaic.id} ({runtime:.1f} s)")
 

@@ -232,3 +232,24 @@ def test_the_device_is_resolved_by_the_workers_not_the_client(tmp_path: Path, cl
     (record,) = manifest(out).values()
     assert record["status"] == "failed" and "no CUDA GPU is visible" in record["reason"]
     assert partial_files(out) == [] and not (out / "RGB.byte_classes.tif").exists()
+
+
+def test_resume_reruns_a_mosaic_when_more_is_asked_and_keeps_foreign_outputs(tmp_path: Path, cluster,
+                                                                            mosaics: list[Path],
+                                                                            bundle: Path) -> None:  # fmt: skip
+    out = tmp_path / "out"
+    first = run_batch_cli(out, bundle, mosaics[2], extra=("--scheduler", cluster.address, "--no-polygons"))
+    assert first.returncode == 0, first.stderr
+    again = run_batch_cli(out, bundle, mosaics[2], extra=("--scheduler", cluster.address, "--no-polygons", "--resume"))
+    assert again.returncode == 0 and "1 already done (skipped)" in again.stdout, again.stdout + again.stderr
+    more = run_batch_cli(out, bundle, mosaics[2], extra=("--scheduler", cluster.address, "--no-polygons", "--resume",
+                                                         "--confidence"))  # fmt: skip
+    assert more.returncode == 0 and "1 mosaic(s) done" in more.stdout, more.stdout + more.stderr
+    assert (out / "RGB.byte_confidence.tif").is_file()
+    # an output folder whose outputs no manifest explains: --resume does not overwrite them
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "RGB.byte_classes.tif").write_bytes(b"someone's map")
+    refused = run_batch_cli(foreign, bundle, mosaics[2], extra=("--scheduler", cluster.address, "--resume"))
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr, refused.stderr
+    assert (foreign / "RGB.byte_classes.tif").read_bytes() == b"someone's map"

@@ -62,17 +62,21 @@ def test_resume_trusts_a_record_only_for_the_same_input_bundle_and_existing_outp
     mosaic = touch(tmp_path / "m.tif", b"pixels")
     output = touch(tmp_path / "out" / "m_classes.tif")
     manifest = Manifest.load(tmp_path / "out", "bundle", "hash-1")
+    asked = {"confidence": False, "tile": 512}
     manifest.record(MosaicRecord("m", str(mosaic), DONE, Fingerprint.of(mosaic), "hash-1",
-                                 outputs={"classes": str(output)}))  # fmt: skip
+                                 outputs={"classes": str(output)}, settings=asked))  # fmt: skip
 
     reloaded = Manifest.load(tmp_path / "out", "bundle", "hash-1")
-    assert reloaded.is_finished("m", Fingerprint.of(mosaic))
-    assert not Manifest.load(tmp_path / "out", "bundle", "hash-2").is_finished("m", Fingerprint.of(mosaic))
+    assert reloaded.is_finished("m", Fingerprint.of(mosaic), asked)
+    assert not reloaded.is_finished("m", Fingerprint.of(mosaic), {**asked, "confidence": True})  # asked for more
+    assert not reloaded.is_finished("m", Fingerprint.of(mosaic))
+    assert not Manifest.load(tmp_path / "out", "bundle", "hash-2").is_finished("m", Fingerprint.of(mosaic), asked)
     os.utime(mosaic, ns=(1, 1))  # the mosaic was replaced
-    assert not reloaded.is_finished("m", Fingerprint.of(mosaic))
+    assert not reloaded.is_finished("m", Fingerprint.of(mosaic), asked)
     os.utime(mosaic, ns=(Fingerprint.of(mosaic).mtime_ns, reloaded.records["m"].fingerprint.mtime_ns))
+    assert reloaded.is_finished("m", Fingerprint.of(mosaic), asked)
     output.unlink()
-    assert not reloaded.is_finished("m", Fingerprint.of(mosaic))
+    assert not reloaded.is_finished("m", Fingerprint.of(mosaic), asked)
 
 
 def test_a_damaged_manifest_is_one_clear_error(tmp_path: Path) -> None:
