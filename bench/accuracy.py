@@ -92,11 +92,9 @@ VARIANTS: dict[str, dict] = {
     "lr-2e-3": {"lr": 2e-3},
     "wd-1e-4": {"weight_decay": 1e-4},
     "tile-512": {"tile_size": 512},
-    # the default until the refit-ce rows of bench/RESULTS.md (cross-entropy + Dice, one run, no refit)
-    "no-refit-dice": {"refit": False, "loss": "ce+dice"},
-    "no-refit": {"refit": False},
-    "refit-dice": {"loss": "ce+dice"},
-    "refit-ce": {"refit": True, "loss": "ce"},  # = the default since then; kept so earlier rows can be rerun
+    "ce-only": {"loss": "ce"},
+    "refit": {"refit": True},
+    "refit-ce": {"refit": True, "loss": "ce"},  # bench/RESULTS.md: the refit's length follows a noisy best step
     "encoder-lr-0.1": {"encoder_lr": 0.1},
     "frozen-encoder": {"encoder_lr": 0.0},
 }

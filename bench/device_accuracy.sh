@@ -41,7 +41,7 @@ case "${1:-}" in
     # The variants at the CPU budget (300 steps), three seeds, beside the forest, JOBS processes sharing the
     # card and its cores (ten at once were bound by the CPU, see bench/RESULTS.md).
     timeout "${RUN_S:-540}" python3 bench/accuracy.py --reuse-cases --device cuda --workers 1 --budget cpu \
-      --jobs "${JOBS:-5}" --seeds 0 1 2 --variants ${VARIANTS:-default no-refit-dice refit-dice no-refit} \
+      --jobs "${JOBS:-5}" --seeds 0 1 2 --variants ${VARIANTS:-default refit ce-only refit-ce} \
       --results "$out/gpu_variants.jsonl" >"$out/gpu_variants.log" 2>&1 || true
     tail -n 40 "$out/gpu_variants.log"
     ;;

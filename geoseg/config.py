@@ -103,14 +103,14 @@ class TrainConfig:
     optimizer: str = "adamw"
     weight_decay: float = 1e-2
     encoder_lr: float = 1.0  # the pretrained encoder's learning rate as a multiple of lr (0 freezes it)
-    loss: str = "ce"  # bench/accuracy.py: ce+dice over-predicted rare classes on the real cases
+    loss: str = "ce+dice"
     class_weights: str = "none"  # none | balanced: cross-entropy weighted by inverse square-root class frequency
     schedule: str = "cosine"  # cosine | onecycle | constant, after a linear warm-up
     warmup: float = 0.05  # share of the steps spent warming the learning rate up from zero
     ema: float = 0.998  # decay of an exponential moving average of the weights (0 = off); the bundle keeps the EMA
     tta: bool = True  # validate with flips and 90° rotations averaged, and make that the bundle's inference default
     decoder_dropout: float = 0.1  # channel dropout on the decoder's output, training only
-    refit: bool = True  # after choosing the step count on validation, train again on training + validation
+    refit: bool = False  # after choosing the step count on validation, train again on training + validation
     early_stopping_patience: int = 50
     rare_class_sampling: bool = False
     seed: int = 0

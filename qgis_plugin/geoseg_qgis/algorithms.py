@@ -291,8 +291,6 @@ class EvaluateAgainstLabels(GeoSegAlgorithm):
 
 
 class TrainFromLayers(GeoSegAlgorithm):
-    # the refit (on by default) trains again up to the best step: at most as long as the first run
-    stage_ranges: ClassVar[dict[str, tuple[float, float]]] = {"train": (0.0, 60.0), "refit": (60.0, 100.0)}
 
     IMAGES, LABELS, LABEL_FIELD, CLASSES = "IMAGES", "LABELS", "LABEL_FIELD", "CLASSES"
     ENCODER, WEIGHTS, WEIGHTS_FILE, DEVICE = "ENCODER", "WEIGHTS", "WEIGHTS_FILE", "DEVICE"

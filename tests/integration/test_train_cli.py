@@ -24,7 +24,7 @@ def test_train_reports_json_progress_and_writes_a_bundle(tmp_path: Path, lite0_w
 data: {{images: [plot/survey_ortho.tif], labels: plot/survey_labels.gpkg, label_field: class,
         classes: {{1: soil, 2: crust, 3: lichen, 4: moss}}}}
 model: {{encoder: tu-efficientnet_lite0, weights: {lite0_weights}}}
-train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 6}}
+train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 6, refit: true}}
 """,
     )
     command = [sys.executable, "-m", "geoseg", "train", str(config), "--out", "model", "--max-steps", "3"]
