@@ -208,7 +208,7 @@ class _VectorLabels(_LabelSource):
 
     def __init__(self, path: Path, field: str | None, classes: list[ClassSpec] | None, grid: GridSpec):
         self.candidates = classes if classes is not None else _integer_classes_in_field(path, field)
-        self.burnt = rasterize_labels(path, field, self.candidates, grid)
+        self.burnt = rasterize_labels(path, field, self.candidates, grid, field_setting="--label-field")
 
     def codes(self, window: Window) -> np.ndarray:
         rows, cols = window.toslices()

@@ -39,19 +39,25 @@ def read_vector(path: str | Path) -> gpd.GeoDataFrame:
 
 
 def rasterize_labels(
-    path: str | Path, field: str | None, classes: Sequence[ClassSpec], grid: GridSpec, background: str | None = None
+    path: str | Path,
+    field: str | None,
+    classes: Sequence[ClassSpec],
+    grid: GridSpec,
+    background: str | None = None,
+    field_setting: str = "data.label_field",
 ) -> np.ndarray:
     """Burn label polygons onto ``grid`` as class indices (0..K-1), IGNORE_INDEX elsewhere.
 
     Pixels are labelled when their centre falls inside a polygon (GDAL's default rule); values of
     ``field`` not listed in ``classes`` stay ignored, as does every pixel no polygon covers unless
     ``background`` names the class value those pixels take (e.g. "no building"). Where
-    polygons overlap, the later feature wins, as in GDAL.
+    polygons overlap, the later feature wins, as in GDAL. ``field_setting`` is how the caller's user sets
+    ``field`` (a config key or a command-line option), for the message when it is missing.
     """
     path = Path(path)
     frame = read_vector(path)
     if field is None:
-        raise InputError("vector labels need data.label_field naming the class attribute", path)
+        raise InputError(f"vector labels need {field_setting} naming the class attribute", path)
     if field not in frame.columns:
         columns = [c for c in frame.columns if c != frame.geometry.name]
         raise InputError(f"has no attribute {field!r}; its attributes are {columns}", path)

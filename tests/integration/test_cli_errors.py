@@ -315,6 +315,19 @@ def test_evaluate_missing_prediction(tmp_path: Path) -> None:
     assert_refused(result, missing, ("check the path",), before, snapshot(tmp_path))
 
 
+def test_evaluate_polygons_without_a_label_field_name_the_option(tmp_path: Path) -> None:
+    """The message names what an evaluate user types (--label-field), not the training config's key."""
+    prediction = tmp_path / "classes.tif"
+    with rasterio.open(shared_data(*NB_IMAGE)) as src:
+        profile = src.profile | {"count": 1, "dtype": "uint8", "nodata": 255}
+        with rasterio.open(prediction, "w", **profile) as dst:
+            dst.write(np.ones((1, src.height, src.width), dtype=np.uint8))
+    before = snapshot(tmp_path)
+    result = run_cli(tmp_path, "evaluate", prediction, shared_data(*NB_LABELS))
+    line = assert_refused(result, NB_LABELS[1], ("--label-field",), before, snapshot(tmp_path))
+    assert "data.label_field" not in line
+
+
 @pytest.mark.parametrize("labels_kind", ["far_polygon", "other_continent_raster"])
 def test_evaluate_labels_not_overlapping(tmp_path: Path, labels_kind: str) -> None:
     prediction = write_prediction(tmp_path / "pred_classes.tif")
