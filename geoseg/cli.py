@@ -537,6 +537,43 @@ def vectorize(
     reporter.message(f"polygons: {result.path} ({result.n_polygons:,}{dropped})")
 
 
+@app.command()
+def change(
+    before: Annotated[Path, typer.Argument(help="The earlier class map (GeoTIFF of class ids, nodata 255).")],
+    after: Annotated[Path, typer.Argument(help="The later class map: any grid and CRS; read onto BEFORE's grid.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the tables, change map and chart go.")] = Path(
+        "change"
+    ),
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="Take class names from this bundle. Default: the maps' own tables."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace earlier outputs in --out-dir.")] = False,
+) -> None:
+    """What changed between two surveys: the transition matrix and a change map.
+
+    AFTER is resampled onto BEFORE's grid with nearest neighbour, and only pixels valid in both count.
+    Writes DIR/transitions.csv (from, to, pixels, m², ha), DIR/transitions.json (the matrix, and per class:
+    cover before and after, gain, loss, net change, persistence), DIR/change.tif (code from_id × 256 +
+    to_id, names in its GEOSEG_TRANSITIONS tag) and DIR/change.png (cover per class, transition heat map).
+    Classes are matched by id; names come from --model, else the maps' tables, which must agree.
+    """
+    from geoseg.change import compare_maps
+    from geoseg.model.bundle import read_bundle_meta
+
+    classes = read_bundle_meta(model).classes if model is not None else None
+    result = compare_maps(before, after, out_dir, classes=classes, overwrite=overwrite)
+    unit = "m²" if result.pixel_area_m2 else "px"
+    factor = result.pixel_area_m2 or 1.0
+    typer.echo(
+        f"{'class':24} {'before %':>9} {'after %':>9} {'gain ' + unit:>14} {'loss ' + unit:>14} {'net ' + unit:>14}"
+    )
+    for row in result.summary():
+        amounts = " ".join(f"{row[key] * factor:14,.1f}" for key in ("gain_px", "loss_px", "net_px"))
+        typer.echo(f"{row['name'][:24]:24} {row['before_percent']:9.1f} {row['after_percent']:9.1f} {amounts}")
+    typer.echo(f"outputs: {', '.join(str(p) for p in result.outputs.values())}")
+
+
 class ExportFormat(StrEnum):
     onnx = "onnx"
 

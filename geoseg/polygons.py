@@ -100,7 +100,7 @@ def vectorize_class_map(
     _ensure_folder_writable(out)
 
     with open_raster(class_map) as ds:
-        _check_class_map(ds, class_map)
+        check_class_map(ds, class_map)
     verify_readable(class_map)  # GDAL's polygonize skips unreadable tiles silently: an empty layer, exit 0
     with open_raster(class_map) as ds:
         names = _class_names(ds, classes)
@@ -177,7 +177,7 @@ def class_areas(class_map: str | Path, classes: Sequence[ClassSpec] | None = Non
     """
     class_map = Path(class_map)
     with open_raster(class_map) as ds:
-        _check_class_map(ds, class_map)
+        check_class_map(ds, class_map)
     verify_readable(class_map)  # GDAL's polygonize skips unreadable tiles silently: an empty layer, exit 0
     with open_raster(class_map) as ds:
         names = _class_names(ds, classes)
@@ -187,7 +187,7 @@ def class_areas(class_map: str | Path, classes: Sequence[ClassSpec] | None = Non
             counts += np.bincount(ds.read(1, window=window).ravel(), minlength=counts.size)
         crs = ds.crs
         pixel_area = abs(ds.transform.determinant)
-    to_m2 = _square_metres_factor(crs)
+    to_m2 = square_metres_factor(crs)
     for value in skip:
         if value < counts.size:
             counts[value] = 0
@@ -246,7 +246,7 @@ def _ensure_folder_writable(out: Path) -> None:
         raise OutputError(f"folder {existing} is not writable; choose another output folder", out)
 
 
-def _check_class_map(ds: rasterio.DatasetReader, path: Path) -> None:
+def check_class_map(ds: rasterio.DatasetReader, path: Path) -> None:
     if ds.count != 1:
         raise InputError(f"is not a class map: it has {ds.count} bands (an image?), expected one band of class ids",
                          path)  # fmt: skip
@@ -365,7 +365,7 @@ def _linear_units(crs: rasterio.crs.CRS | None) -> str | None:
         return None
 
 
-def _square_metres_factor(crs: rasterio.crs.CRS | None) -> float | None:
+def square_metres_factor(crs: rasterio.crs.CRS | None) -> float | None:
     """m² per CRS unit² for a projected CRS; None for a geographic or missing one."""
     if crs is None or not crs.is_projected:
         return None
@@ -387,7 +387,7 @@ def polygon_frame(
         "class_name": [names.get(i, str(i)) for i in ids],
         "area": np.asarray(areas, dtype=np.float64),
     }
-    to_m2 = _square_metres_factor(crs)
+    to_m2 = square_metres_factor(crs)
     if to_m2 is not None:
         columns["area_m2"] = columns["area"] * to_m2
     return gpd.GeoDataFrame(columns, geometry=list(polygons), crs=crs.to_wkt() if crs else None)

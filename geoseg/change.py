@@ -1,0 +1,195 @@
+"""`geoseg change`: what changed between two class maps of the same place, block by block.
+
+The later map is read onto the earlier one's grid with nearest neighbour (flights never align), and only
+pixels valid in both count. Classes are matched by id; their names come from a bundle, else from the maps'
+``GEOSEG_CLASSES`` tags, which must agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from geoseg.config import IGNORE_INDEX, ClassSpec
+from geoseg.errors import InputError
+from geoseg.evaluate import read_class_table
+from geoseg.io.raster import atomic_path, ensure_writable, open_raster, verify_readable
+from geoseg.polygons import check_class_map, square_metres_factor
+
+NO_CHANGE_CODE = 65535  # the change map's nodata: a pixel not valid in both maps
+ROWS_PER_STRIP = 512
+OUTPUT_NAMES = {"matrix_csv": "transitions.csv", "matrix_json": "transitions.json", "map": "change.tif",
+                "plot": "change.png"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    classes: list[ClassSpec]
+    counts: np.ndarray  # (classes, classes): pixels going from row class to column class
+    pixel_area_m2: float | None
+    outputs: dict[str, Path]
+
+    def summary(self) -> list[dict]:
+        """Per class: cover before and after, gain, loss, net change and persistence, in pixels and m²."""
+        rows = []
+        total = max(int(self.counts.sum()), 1)
+        for i, spec in enumerate(self.classes):
+            before, after, kept = int(self.counts[i].sum()), int(self.counts[:, i].sum()), int(self.counts[i, i])
+            rows.append({"class_id": spec.id, "name": spec.name, "before_px": before, "after_px": after,
+                         "before_percent": 100 * before / total, "after_percent": 100 * after / total,
+                         "gain_px": after - kept, "loss_px": before - kept, "net_px": after - before,
+                         "persistence_px": kept,
+                         "net_m2": (after - before) * self.pixel_area_m2 if self.pixel_area_m2 else None})  # fmt: skip
+        return rows
+
+
+def compare_maps(before: Path, after: Path, out_dir: Path, classes: list[ClassSpec] | None = None,
+                 overwrite: bool = False) -> ChangeResult:  # fmt: skip
+    """The transition matrix of ``before`` → ``after`` and the change map, written into ``out_dir``."""
+    before, after = Path(before), Path(after)
+    outputs = {key: out_dir / name for key, name in OUTPUT_NAMES.items()}
+    for path in outputs.values():
+        ensure_writable(path, overwrite)
+    for path in (before, after):
+        with open_raster(path) as ds:
+            check_class_map(ds, path)
+        verify_readable(path)
+    specs = classes or _shared_class_table(before, after)
+    with open_raster(before) as first:
+        to_m2 = square_metres_factor(first.crs)
+        pixel_area = abs(first.transform.a * first.transform.e - first.transform.b * first.transform.d)
+        counts = _count_and_write(first, after, outputs["map"], specs)
+    square = counts.reshape(256, 256)
+    specs = _with_unlisted_ids(specs, square)
+    ids = [s.id for s in specs]
+    matrix = square[np.ix_(ids, ids)]
+    result = ChangeResult(specs, matrix, pixel_area * to_m2 if to_m2 else None, outputs)
+    _write_tables(result, before, after)
+    _write_plot(result, outputs["plot"], before.name, after.name)
+    return result
+
+
+def _count_and_write(first: rasterio.DatasetReader, after: Path, target: Path, specs: list[ClassSpec]) -> np.ndarray:
+    """Transition counts (256 × 256 ids, flat) over pixels valid in both, and the change map written strip by
+    strip: code from_id × 256 + to_id, NO_CHANGE_CODE where either map is nodata."""
+    profile = {"driver": "GTiff", "width": first.width, "height": first.height, "count": 1, "dtype": "uint16",
+               "nodata": NO_CHANGE_CODE, "crs": first.crs, "transform": first.transform, "tiled": True,
+               "blockxsize": 256, "blockysize": 256, "compress": "deflate"}  # fmt: skip
+    counts = np.zeros(256 * 256, dtype=np.int64)
+    with _on_grid_of(after, first) as second, atomic_path(target) as tmp, rasterio.open(tmp, "w", **profile) as out:
+        for window in _strips(first.height, first.width):
+            a, b = first.read(1, window=window), second.read(1, window=window)
+            valid = (a != IGNORE_INDEX) & (b != IGNORE_INDEX) & _not_nodata(a, first) & _not_nodata(b, second)
+            code = a.astype(np.uint16) * 256 + b
+            counts += np.bincount(code[valid], minlength=256 * 256)
+            out.write(np.where(valid, code, NO_CHANGE_CODE).astype(np.uint16), 1, window=window)
+        out.update_tags(GEOSEG_TRANSITIONS=json.dumps(_transition_names(specs)))
+    return counts
+
+
+def _shared_class_table(before: Path, after: Path) -> list[ClassSpec]:
+    first, second = read_class_table(before), read_class_table(after)
+    if first and second:
+        names = {c.id: c.name for c in second}
+        for spec in first:
+            if spec.id in names and names[spec.id] != spec.name:
+                raise InputError(
+                    f"names class {spec.id} {spec.name!r} but {after.name} names it {names[spec.id]!r}: the maps' "
+                    "class tables disagree; pass --model with the bundle whose classes both use",
+                    before,
+                )
+        seen = {c.id for c in first}
+        return [*first, *(c for c in second if c.id not in seen)]
+    return list(first or second or [])
+
+
+def _with_unlisted_ids(specs: list[ClassSpec], square: np.ndarray) -> list[ClassSpec]:
+    """Ids found in the maps but in no table still count, named by their id."""
+    listed = {s.id for s in specs}
+    present = sorted(set(np.flatnonzero(square.sum(axis=1))) | set(np.flatnonzero(square.sum(axis=0))))
+    extra = [ClassSpec(str(i), int(i), str(i), "#808080") for i in present if i not in listed]
+    return sorted([*specs, *extra], key=lambda s: s.id)
+
+
+def _transition_names(specs: list[ClassSpec]) -> dict[str, str]:
+    return {str(a.id * 256 + b.id): f"{a.name} → {b.name}" for a in specs for b in specs}
+
+
+@contextlib.contextmanager
+def _on_grid_of(path: Path, reference: rasterio.DatasetReader) -> Iterator:
+    """``path`` as read on ``reference``'s grid: the file itself when the grids match, else warped (nearest)."""
+    with open_raster(path) as ds:
+        same = (ds.crs, ds.transform, ds.width, ds.height) == (reference.crs, reference.transform, reference.width,
+                                                               reference.height)  # fmt: skip
+        if same:
+            yield ds
+            return
+        if ds.crs is None or reference.crs is None:
+            raise InputError("has no CRS, so it cannot be placed on the other map's grid", path)
+        with WarpedVRT(ds, crs=reference.crs, transform=reference.transform, width=reference.width,
+                       height=reference.height, resampling=Resampling.nearest, nodata=IGNORE_INDEX) as vrt:  # fmt: skip
+            yield vrt
+
+
+def _not_nodata(values: np.ndarray, ds) -> np.ndarray:
+    return values != ds.nodata if ds.nodata is not None and ds.nodata != IGNORE_INDEX else np.ones(values.shape, bool)
+
+
+def _strips(height: int, width: int) -> Iterator[Window]:
+    for row in range(0, height, ROWS_PER_STRIP):
+        yield Window(0, row, width, min(ROWS_PER_STRIP, height - row))
+
+
+def _write_tables(result: ChangeResult, before: Path, after: Path) -> None:
+    ha = result.pixel_area_m2 / 10_000 if result.pixel_area_m2 else None
+    with atomic_path(result.outputs["matrix_csv"]) as tmp, tmp.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["from_id", "from", "to_id", "to", "pixels", "m2", "ha"])
+        for i, a in enumerate(result.classes):
+            for j, b in enumerate(result.classes):
+                n = int(result.counts[i, j])
+                writer.writerow([a.id, a.name, b.id, b.name, n, n * result.pixel_area_m2 if ha else "",
+                                 n * ha if ha else ""])  # fmt: skip
+    document = {"before": str(before), "after": str(after), "pixel_area_m2": result.pixel_area_m2,
+                "classes": [{"id": c.id, "name": c.name} for c in result.classes],
+                "pixels": result.counts.tolist(), "per_class": result.summary()}  # fmt: skip
+    with atomic_path(result.outputs["matrix_json"]) as tmp:
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def _write_plot(result: ChangeResult, path: Path, before: str, after: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c.name for c in result.classes]
+    rows = result.summary()
+    figure, (bars, heat) = plt.subplots(1, 2, figsize=(12, 5))
+    x = np.arange(len(names))
+    bars.bar(x - 0.2, [r["before_percent"] for r in rows], 0.4, label=before)
+    bars.bar(x + 0.2, [r["after_percent"] for r in rows], 0.4, label=after)
+    bars.set_xticks(x, names, rotation=30, ha="right")
+    bars.set_ylabel("cover, % of pixels valid in both")
+    bars.legend()
+    shares = result.counts / max(int(result.counts.sum()), 1) * 100
+    image = heat.imshow(shares, cmap="viridis")
+    heat.set_xticks(x, names, rotation=30, ha="right")
+    heat.set_yticks(x, names)
+    heat.set_xlabel(f"to ({after})")
+    heat.set_ylabel(f"from ({before})")
+    figure.colorbar(image, ax=heat, label="% of pixels")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)

@@ -1,0 +1,110 @@
+"""`geoseg change`: transitions between two class maps, on one grid or two, checked against counts by hand."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from geoseg.config import ClassSpec
+from geoseg.infer.writer import write_class_map
+from geoseg.io.raster import read_info
+from tests.conftest import shared_data
+
+SPECS = [ClassSpec("1", 1, "bare soil", "#a0522d"), ClassSpec("2", 2, "crust", "#556b2f"),
+         ClassSpec("3", 3, "lichen", "#daa520")]  # fmt: skip
+CRS_UTM = "EPSG:32612"
+
+
+def class_map(path: Path, ids: np.ndarray, pixel: float = 0.5, specs: list[ClassSpec] = SPECS) -> Path:
+    profile = {"driver": "GTiff", "width": ids.shape[1], "height": ids.shape[0], "count": 1, "dtype": "uint8",
+               "crs": CRS_UTM, "transform": from_origin(500_000, 4_000_000, pixel, pixel)}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as out:
+        out.write(ids.astype(np.uint8), 1)
+    return write_class_map(path, ids.astype(np.uint8), read_info(path).grid, specs, overwrite=True)
+
+
+def change_cli(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "geoseg", "change", *map(str, args)], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+
+
+def test_transitions_match_a_count_by_hand(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    before = rng.integers(1, 4, (600, 700))
+    after = before.copy()
+    after[100:300, 100:400] = 3  # lichen spreads
+    after[500:, :] = 1  # a strip erodes to bare soil
+    before[:20] = 255  # nodata in one map only: not counted
+    run = change_cli(class_map(tmp_path / "2024.tif", before), class_map(tmp_path / "2026.tif", after),
+                     "--out-dir", tmp_path / "out")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    valid = before != 255
+    document = json.loads((tmp_path / "out" / "transitions.json").read_text())
+    expected = [[int(((before == a) & (after == b) & valid).sum()) for b in (1, 2, 3)] for a in (1, 2, 3)]
+    assert document["pixels"] == expected
+    lichen = next(r for r in document["per_class"] if r["name"] == "lichen")
+    assert lichen["net_px"] == int((after[valid] == 3).sum() - (before[valid] == 3).sum())
+    assert lichen["persistence_px"] == expected[2][2] and lichen["net_m2"] == pytest.approx(lichen["net_px"] * 0.25)
+    with open(tmp_path / "out" / "transitions.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 9 and sum(int(r["pixels"]) for r in rows) == int(valid.sum())
+    with rasterio.open(tmp_path / "out" / "change.tif") as ds:
+        codes = ds.read(1)
+        names = json.loads(ds.tags()["GEOSEG_TRANSITIONS"])
+    assert (codes[:20] == 65535).all()
+    assert codes[200, 200] == before[200, 200] * 256 + 3 and names[str(2 * 256 + 3)] == "crust → lichen"
+    assert (tmp_path / "out" / "change.png").read_bytes()[:4] == b"\x89PNG"
+    assert "lichen" in run.stdout and "m²" in run.stdout
+
+
+def test_a_later_map_on_another_grid_is_read_onto_the_earlier_grid(tmp_path: Path) -> None:
+    """The later flight at 1 m instead of 0.5 m: each of its pixels covers four of the earlier map's."""
+    coarse = np.random.default_rng(1).integers(1, 4, (150, 175))
+    fine = np.kron(coarse, np.ones((2, 2), dtype=int))
+    before = class_map(tmp_path / "before.tif", fine, pixel=0.5)
+    after = class_map(tmp_path / "after.tif", coarse, pixel=1.0)
+    run = change_cli(before, after, "--out-dir", tmp_path / "out")
+    assert run.returncode == 0, run.stderr
+    pixels = np.array(json.loads((tmp_path / "out" / "transitions.json").read_text())["pixels"])
+    assert pixels.sum() == fine.size and np.trace(pixels) == fine.size  # nothing changed, once regridded
+
+
+def test_real_tiles_agree_where_they_overlap(tmp_path: Path) -> None:
+    """new_brunswick's two tiles, labelled from one GeoPackage, on grids of their own: where they overlap,
+    nearly every pixel keeps its class (a regridding that misplaced pixels would show transitions)."""
+    from geoseg.data.labels import labels_on_grid
+
+    gpkg = shared_data("new_brunswick", "BakerLake_2017_clipped.gpkg")
+    specs = [ClassSpec(str(v), v, n, "#808080") for v, n in ((1, "forest"), (2, "water"), (3, "road"),
+                                                              (4, "building"))]  # fmt: skip
+    maps = []
+    for i in (1, 2):
+        tile = shared_data("new_brunswick", f"23322E759967N_clipped_1m_{i}of2.tif")
+        grid = read_info(tile).grid
+        index = labels_on_grid(gpkg, "Quatreclasses", specs, grid)
+        ids = np.where(index == 255, 255, np.array([1, 2, 3, 4, *[255] * 252], dtype=np.uint8)[index])
+        maps.append(write_class_map(tmp_path / f"tile{i}.tif", ids.astype(np.uint8), grid, specs, overwrite=True))
+    run = change_cli(*maps, "--out-dir", tmp_path / "out")
+    assert run.returncode == 0, run.stderr
+    pixels = np.array(json.loads((tmp_path / "out" / "transitions.json").read_text())["pixels"])
+    assert pixels.sum() > 2000  # the overlap: about 2,600 pixels labelled in both
+    assert np.trace(pixels) / pixels.sum() > 0.95
+
+
+def test_class_tables_that_disagree_are_refused(tmp_path: Path) -> None:
+    ids = np.ones((50, 50), dtype=int)
+    renamed = [SPECS[0], ClassSpec("2", 2, "moss", "#00ff00"), SPECS[2]]
+    before, after = class_map(tmp_path / "a.tif", ids), class_map(tmp_path / "b.tif", ids, specs=renamed)
+    run = change_cli(before, after, "--out-dir", tmp_path / "out")
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'crust'" in lines[0] and "'moss'" in lines[0] and "--model" in lines[0]
+    assert not (tmp_path / "out").exists()
