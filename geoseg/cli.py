@@ -241,7 +241,7 @@ def infer(
     paths = OutputPaths.for_stem(out_dir, mosaic.stem, polygons=not no_polygons, confidence=confidence)
     for path in (paths.polygons, paths.areas):
         if path is not None:
-            ensure_writable(path, overwrite)
+            ensure_writable(path, overwrite, instead="another --out-dir")
     reporter = Progress(progress)
     options = InferOptions(tile=tile, overlap=overlap, block_size=block_size, batch_size=batch_size,
                            workers=workers or default_workers(), scheduler=scheduler, device=device.value,

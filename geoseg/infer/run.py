@@ -214,7 +214,7 @@ def segment_mosaic(
     device = resolve_device(options.device)
     for path in (classes_path, confidence_path):
         if path is not None:
-            ensure_writable(path, overwrite)
+            ensure_writable(path, overwrite, instead="another --out-dir")
     check_scheduler(options.scheduler)
     bundle = load_bundle(bundle_path, device="cpu")
     plan = plan_mosaic(mosaic, bundle, options, device, confidence_path is not None)

@@ -192,7 +192,7 @@ def block_windows(width: int, height: int, block: int) -> Iterator[Window]:
             yield Window(col, row, min(block, width - col), min(block, height - row))
 
 
-def ensure_writable(path: Path, overwrite: bool, folder: bool = False) -> None:
+def ensure_writable(path: Path, overwrite: bool, folder: bool = False, instead: str = "another output") -> None:
     """Refuse to replace an existing output unless asked to, and an output that could not be written:
     a file output where a folder is (unless ``folder``: the output is one), under a file, in a read-only folder.
 
@@ -205,9 +205,9 @@ def ensure_writable(path: Path, overwrite: bool, folder: bool = False) -> None:
         raise OutputExistsError("exists; pass --overwrite to replace it or choose another output", path)
     parent = next(p for p in path.absolute().parents if p.exists())  # the nearest part that exists
     if not parent.is_dir():
-        raise OutputError(f"cannot be written: {parent} is a file, not a folder; choose another output", path)
+        raise OutputError(f"cannot be written: {parent} is a file, not a folder; choose {instead}", path)
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot be written: no permission to write in {parent}; choose another output", path)
+        raise OutputError(f"cannot be written: no permission to write in {parent}; choose {instead}", path)
 
 
 def remove_stale_partials(final: Path) -> None:
