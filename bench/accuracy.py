@@ -95,6 +95,10 @@ VARIANTS: dict[str, dict] = {
     "ce-only": {"loss": "ce"},
     "refit": {"refit": True},
     "refit-ce": {"refit": True, "loss": "ce"},  # bench/RESULTS.md: the refit's length follows a noisy best step
+    # Keeping the final weights trains exactly as with "best"; such a run also scores its best-validation
+    # checkpoint, so both choices come from one training (rows "<variant>" and "<variant>@best").
+    "final": {"keep": "final"},
+    "final-ce": {"keep": "final", "loss": "ce"},
     "encoder-lr-0.1": {"encoder_lr": 0.1},
     "frozen-encoder": {"encoder_lr": 0.0},
 }
@@ -296,7 +300,7 @@ def user_config(case: Case, seed: int, variant: str, workers: int) -> dict:
 
 
 def run_geoseg(case: Case, seed: int, variant: str, max_steps: int | None, folder: Path, device: str,
-               workers: int) -> Run:  # fmt: skip
+               workers: int) -> list[Run]:  # fmt: skip
     import torch
 
     from geoseg.config import load_config
@@ -313,10 +317,20 @@ def run_geoseg(case: Case, seed: int, variant: str, max_steps: int | None, folde
     bundle = load_bundle(result.bundle, device="cuda" if device == "cuda" else "cpu")
     class_map = segment_file(bundle, case.test_image, folder / "test_classes.tif", overwrite=True)
     seconds = time.perf_counter() - start
-    run = Run(case.name, f"geoseg:{variant}", seed, _evaluate(case, class_map), steps=result.steps,
-              tile=bundle.meta.tile_size, seconds=seconds,
-              device=torch.cuda.get_device_name() if device == "cuda" else _cpu_name())  # fmt: skip
-    return run
+    device_name = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
+    runs = [Run(case.name, f"geoseg:{variant}", seed, _evaluate(case, class_map), steps=result.steps,
+                tile=bundle.meta.tile_size, seconds=seconds, device=device_name)]  # fmt: skip
+    best = folder / "model.train" / "checkpoints" / "best.ckpt"
+    if VARIANTS[variant].get("keep") == "final" and best.exists():
+        state = torch.load(best, map_location="cpu", weights_only=False)
+        prefix = "ema_model." if any(k.startswith("ema_model.") for k in state["state_dict"]) else "model."
+        bundle.model.load_state_dict({k.removeprefix(prefix): v for k, v in state["state_dict"].items()
+                                      if k.startswith(prefix)})  # fmt: skip
+        class_map = segment_file(bundle, case.test_image, folder / "test_classes_best.tif", overwrite=True)
+        runs.append(Run(case.name, f"geoseg:{variant}@best", seed, _evaluate(case, class_map),
+                        steps=int(state["global_step"]), tile=bundle.meta.tile_size, seconds=seconds,
+                        device=device_name))  # fmt: skip
+    return runs
 
 
 def _scaled_bands(path: Path, lo_hi: list[tuple[float, float]] | None = None):
@@ -409,18 +423,18 @@ def summarize(runs: list[Run]) -> str:
 
 
 def _job(kind: str, case: Case, seed: int, variant: str, max_steps: int | None, folder: Path, device: str,
-         threads: int, workers: int) -> Run:  # fmt: skip
+         threads: int, workers: int) -> list[Run]:  # fmt: skip
     import torch
 
     from geoseg.errors import GeoSegError
 
     torch.set_num_threads(threads)
     if kind == "forest":
-        return run_forest(case, seed, folder, threads)
+        return [run_forest(case, seed, folder, threads)]
     try:
         return run_geoseg(case, seed, variant, max_steps, folder, device, workers)
     except GeoSegError as exc:  # a recipe that cannot train on this case is a result too
-        return Run(case.name, f"geoseg:{variant}", seed, error=str(exc).splitlines()[0][-200:])
+        return [Run(case.name, f"geoseg:{variant}", seed, error=str(exc).splitlines()[0][-200:])]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -478,12 +492,14 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.jobs == 1:
         for job in jobs:
-            record(_job(*job, device, threads, args.workers))
+            for run in _job(*job, device, threads, args.workers):
+                record(run)
     else:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(_job, *job, device, threads, args.workers) for job in jobs]
             for future in futures:
-                record(future.result())
+                for run in future.result():
+                    record(run)
     table = summarize(runs)
     (args.out / f"summary_{args.budget}.md").write_text(table + "\n")
     print(table)

@@ -111,6 +111,7 @@ class TrainConfig:
     tta: bool = True  # validate with flips and 90° rotations averaged, and make that the bundle's inference default
     decoder_dropout: float = 0.1  # channel dropout on the decoder's output, training only
     refit: bool = False  # after choosing the step count on validation, train again on training + validation
+    keep: str = "best"  # best: the weights at the best validation mIoU (earliest on ties) | final: the last step's
     early_stopping_patience: int = 50
     rare_class_sampling: bool = False
     seed: int = 0
@@ -408,6 +409,7 @@ def _parse_train(r: _Reader, section: dict) -> TrainConfig:
         tta=r.flag(section, "tta", d.tta, "train.tta"),
         decoder_dropout=r.number(section, "decoder_dropout", d.decoder_dropout, 0.0, 0.9, "train.decoder_dropout"),
         refit=r.flag(section, "refit", d.refit, "train.refit"),
+        keep=r.choice(section, "keep", d.keep, ("best", "final"), "train.keep"),
         early_stopping_patience=r.integer(
             section,
             "early_stopping_patience",

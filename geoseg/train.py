@@ -370,14 +370,11 @@ def _fit(
     task = SegmentationTask(model, len(cfg.data.classes), t, total, weights_per_class,
                             energy_weight=cfg.adaptation.weight if targets is not None else None)  # fmt: skip
     checkpoint = ModelCheckpoint(
-        dirpath=work / "checkpoints",
-        filename="best",
-        monitor="val/miou",
-        mode="max",
-        save_last=True,
-        enable_version_counter=False,
+        dirpath=work / "checkpoints", filename="best", monitor="val/miou", mode="max", enable_version_counter=False
     )
-    all_callbacks = [checkpoint, ClassTablePrinter(cfg.data.classes, emit), *(callbacks or [])]
+    # Lightning's save_last only copies a new best, so --resume would rewind to it; this one follows every epoch.
+    last_epoch = ModelCheckpoint(dirpath=work / "checkpoints", filename="last", enable_version_counter=False)
+    all_callbacks = [checkpoint, last_epoch, ClassTablePrinter(cfg.data.classes, emit), *(callbacks or [])]
     if step_progress is not None:
         all_callbacks.append(StepProgress(step_progress, steps))
     if t.early_stopping_patience and ts.val_windows:
@@ -421,7 +418,7 @@ def _fit(
             hint = ("rerun the same command with --resume to continue from the last epoch" if ckpt_path.exists()
                     else "no epoch finished, so start again")  # fmt: skip
             raise TrainingInterrupted(hint) from None
-    best = _best_state(checkpoint)
+    best = _best_state(checkpoint) if t.keep == "best" else None
     if best is not None:
         task.load_state_dict(best)
     best_step = None
@@ -467,6 +464,7 @@ def _recipe_record(t: TrainConfig, total: int, best_step: int | None, refit: boo
         "steps": total,
         "best_step": best_step,
         "refit": refit,
+        "keep": t.keep,
         "lr": t.lr,
         "schedule": t.schedule,
         "warmup": t.warmup,

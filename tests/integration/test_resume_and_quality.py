@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from safetensors.torch import load_file
 
 from geoseg.config import load_config
 from geoseg.demo_data import make_survey
@@ -48,6 +52,50 @@ train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, epochs: 10, refit:
     assert resumed.steps == 4
     assert len(resumed.losses) == 2  # only the two missing steps ran
     assert (out / "geoseg.json").is_file()
+
+
+class _WorseningValidation(Callback):
+    """After the first epoch, every validation pixel counts as wrongly labelled class 0 (mIoU 0): the first
+    epoch is the best. Callbacks see the epoch's confusion matrix before the task turns it into scores."""
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch > 0:
+            confusion = torch.zeros_like(pl_module.confusion.confmat)
+            confusion[1:, 0] = 1
+            pl_module.confusion.confmat = confusion
+
+
+def _ema_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return {k.removeprefix("ema_model."): v for k, v in state.items() if k.startswith("ema_model.")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep", ["best", "final"])
+def test_keep_chooses_the_bundle_weights_and_resume_starts_from_the_last_epoch(
+    tmp_path: Path, survey, lite0_weights: Path, keep: str
+) -> None:
+    """``train.keep`` says which weights the bundle holds; whatever it says, last.ckpt (what --resume reads)
+    is the last epoch, not the best validation's earlier one."""
+    config = write_config(
+        tmp_path / "train.yaml",
+        f"""
+data: {{images: [{survey.image}], labels: {survey.labels}, classes: {{1: soil, 2: crust, 3: lichen, 4: moss}}}}
+model: {{encoder: tu-efficientnet_lite0, weights: {lite0_weights}}}
+train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, epochs: 3, refit: false, keep: {keep}}}
+""",
+    )
+    out = tmp_path / "bundle"
+    train(load_config(config), out, emit=lambda _: None, progress_bar=False, callbacks=[_WorseningValidation()])
+    checkpoints = tmp_path / "bundle.train" / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 6
+    assert torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
+    saved = load_file(out / "model.safetensors")
+    kept = _ema_weights(checkpoints / ("best.ckpt" if keep == "best" else "last.ckpt"))
+    other = _ema_weights(checkpoints / ("last.ckpt" if keep == "best" else "best.ckpt"))
+    name = next(k for k, v in saved.items() if v.is_floating_point() and k in kept)
+    assert torch.equal(saved[name], kept[name]) and not torch.equal(saved[name], other[name])
+    assert json.loads((out / "geoseg.json").read_text())["recipe"]["keep"] == keep
 
 
 def test_quality_mask_command_flags_glare_and_keeps_the_grid(tmp_path: Path, survey) -> None:
