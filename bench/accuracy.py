@@ -362,7 +362,7 @@ def texture_features(scaled: np.ndarray) -> np.ndarray:
 def run_forest(case: Case, seed: int, folder: Path, jobs: int) -> Run:
     from sklearn.ensemble import RandomForestClassifier
 
-    from geoseg.infer.writer import write_class_map
+    from geoseg.io.classmap import write_class_map
 
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

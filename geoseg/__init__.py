@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from geoseg._version import __version__
+
 __all__ = ["Model", "__version__", "load_model", "segment", "vectorize"]
 
 _API = frozenset({"Model", "load_model", "segment", "vectorize"})

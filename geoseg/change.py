@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import InputError
-from geoseg.evaluate import read_class_table
+from geoseg.io.classmap import read_class_table
 from geoseg.io.raster import atomic_path, ensure_writable, open_raster, verify_readable
 from geoseg.polygons import check_class_map, square_metres_factor
 

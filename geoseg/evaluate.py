@@ -20,7 +20,6 @@ The work streams over 1024-pixel blocks of the prediction, so memory stays bound
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +33,12 @@ from rasterio.windows import transform as window_transform
 
 from geoseg.config import DEFAULT_COLORS, IGNORE_INDEX, ClassSpec, normalize_label_value
 from geoseg.errors import InputError
-from geoseg.infer.writer import CLASSES_TAG
+from geoseg.io.classmap import MAX_CLASS_ID, read_class_table, valid_class_ids
 from geoseg.io.raster import GridSpec, RasterInfo, block_windows, open_raster, read_info, verify_readable
 from geoseg.io.vector import is_vector, rasterize_labels, read_vector
 from geoseg.metrics import SegmentationScores, confusion_from_arrays, scores_from_confusion
 
 BLOCK_SIZE = 1024
-MAX_CLASS_ID = 254
 # Per-pixel codes while counting: 0-254 a possible class value, then two sentinels.
 NOT_A_CLASS = IGNORE_INDEX  # 255: prediction nodata, unlabelled, or a value no class can have
 LABEL_NODATA = 256  # the label raster's declared nodata; whether it counts is decided at the end
@@ -114,36 +112,6 @@ class EvaluationResult:
         return self.scores.table(labels, style="report")
 
 
-def read_class_table(path: str | Path) -> list[ClassSpec] | None:
-    """The class table a geoseg class map carries in its ``GEOSEG_CLASSES`` tag, if any."""
-    path = Path(path)
-    with open_raster(path) as ds:
-        raw = ds.tags().get(CLASSES_TAG)
-    if raw is None:
-        return None
-    classes: list[ClassSpec] | None
-    try:
-        entries = json.loads(raw)
-        classes = [
-            ClassSpec(
-                value=str(int(entry["id"])),
-                id=int(entry["id"]),
-                name=str(entry.get("name", entry["id"])),
-                color=str(entry.get("color") or DEFAULT_COLORS[index % len(DEFAULT_COLORS)]),
-            )
-            for index, entry in enumerate(entries)
-        ]
-    except (ValueError, TypeError, KeyError, AttributeError):
-        classes = None
-    if classes is None or not _valid_ids([c.id for c in classes]):
-        raise InputError(
-            f"its {CLASSES_TAG} tag is not a JSON list of {{id, name, color}} with unique ids 0-254; "
-            "remove or fix the tag",
-            path,
-        )
-    return classes or None
-
-
 def evaluate(
     prediction: Path,
     labels: Path,
@@ -156,7 +124,7 @@ def evaluate(
     class ids found in the prediction and in the labels (named by their id).
     """
     prediction, labels = Path(prediction), Path(labels)
-    if classes is not None and not _valid_ids([c.id for c in classes]):
+    if classes is not None and not valid_class_ids([c.id for c in classes]):
         raise ValueError(f"class ids must be unique and within 0-{MAX_CLASS_ID}: {[c.id for c in classes]}")
     pred_info = _read_prediction_info(prediction)
     verify_readable(prediction)  # a damaged tile would otherwise stop the count half-way, in a traceback
@@ -170,10 +138,6 @@ def evaluate(
     if classes is None:
         classes = _classes_found(joint, source)
     return _score(_fold_label_nodata(joint, source, classes), source, classes, labels)
-
-
-def _valid_ids(ids: list[int]) -> bool:
-    return len(set(ids)) == len(ids) and all(0 <= i <= MAX_CLASS_ID for i in ids)
 
 
 def _read_prediction_info(path: Path) -> RasterInfo:

@@ -27,7 +27,6 @@ returns the GeoDataFrame instead of writing it.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import warnings
 from collections import Counter
@@ -48,7 +47,7 @@ from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import ConfigError, InputError, OutputError
-from geoseg.infer.writer import CLASSES_TAG
+from geoseg.io.classmap import class_names
 from geoseg.io.raster import atomic_path, ensure_writable, open_raster, verify_readable
 
 if TYPE_CHECKING:
@@ -103,7 +102,7 @@ def vectorize_class_map(
         check_class_map(ds, class_map)
     verify_readable(class_map)  # GDAL's polygonize skips unreadable tiles silently: an empty layer, exit 0
     with open_raster(class_map) as ds:
-        names = _class_names(ds, classes)
+        names = class_names(ds, classes)
         crs = ds.crs
         threshold = _area_threshold(min_area, min_pixels, abs(ds.transform.determinant))
         features = rasterio.features.shapes(rasterio.band(ds, 1), connectivity=connectivity)
@@ -180,7 +179,7 @@ def class_areas(class_map: str | Path, classes: Sequence[ClassSpec] | None = Non
         check_class_map(ds, class_map)
     verify_readable(class_map)  # GDAL's polygonize skips unreadable tiles silently: an empty layer, exit 0
     with open_raster(class_map) as ds:
-        names = _class_names(ds, classes)
+        names = class_names(ds, classes)
         skip = _nodata_values(ds.nodata)
         counts = np.zeros(256 if ds.dtypes[0] == "uint8" else 65536, dtype=np.int64)
         for window in _strips(ds.width, ds.height):
@@ -275,20 +274,6 @@ def _check_options(connectivity: int, min_area: float, min_pixels: int, simplify
 def _area_threshold(min_area: float, min_pixels: int, pixel_area: float) -> float:
     # Pixel areas are exact multiples of pixel_area; a hair of slack keeps "≥ N px" exact in floating point.
     return max(min_area, min_pixels * pixel_area) * (1 - 1e-9)
-
-
-def _class_names(ds: rasterio.DatasetReader, classes: Sequence[ClassSpec] | None) -> dict[int, str]:
-    if classes:
-        return {int(c.id): c.name for c in classes}
-    try:
-        return {int(c["id"]): str(c["name"]) for c in json.loads(ds.tags().get(CLASSES_TAG, "[]"))}
-    except (ValueError, TypeError, KeyError):
-        pass  # a damaged tag: fall back to the band's CLASS_<id> tags
-    names = {}
-    for key, name in ds.tags(1).items():
-        if key.startswith("CLASS_") and key[6:].isdigit():
-            names[int(key[6:])] = name
-    return names
 
 
 def _batches(features: Iterator[tuple[dict, float]], skip: set[int], size: int = 50_000) -> Iterator[tuple]:

@@ -5,10 +5,7 @@ one labelled pixel and no pixel of the validation region (checked exactly with s
 over cells), optionally weighted towards rare classes, then jittered by up to half a cell where the
 jittered window still qualifies.
 
-Grid rule (validation and inference): windows of ``size`` at offsets 0, stride, 2·stride, … with the
-last one shifted back so it ends at the raster's edge; a raster smaller than a window gets one
-window at offset 0, padded past the edge. Every pixel is covered, no window reads past the edge
-unless the raster is smaller than the window.
+The validation grid follows the grid rule of ``geoseg/io/tiling.py``, as inference does.
 """
 
 from __future__ import annotations
@@ -20,15 +17,7 @@ from torchgeo.samplers import SpatialSampler
 
 from geoseg.config import IGNORE_INDEX
 from geoseg.data.datasets import LabeledOrtho, PixelWindow
-
-
-def grid_offsets(length: int, size: int, stride: int) -> list[int]:
-    """Window offsets along one axis under the grid rule of this module's docstring."""
-    if length <= size:
-        return [0]
-    offsets = list(range(0, length - size, stride))
-    offsets.append(length - size)
-    return offsets
+from geoseg.io.tiling import grid_offsets
 
 
 class LabeledWindowSampler(SpatialSampler):

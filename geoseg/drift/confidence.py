@@ -16,8 +16,8 @@ import torch
 from rasterio.windows import Window
 
 from geoseg.data.preprocess import Normalization
-from geoseg.data.sampling import grid_offsets
 from geoseg.io.raster import open_raster, read_window
+from geoseg.io.tiling import grid_offsets
 
 CONFIDENCE_THRESHOLD = 0.5  # top softmax probability below which a pixel counts as low-confidence
 SAMPLE_PIXELS = 2**22

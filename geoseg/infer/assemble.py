@@ -24,9 +24,9 @@ import torch
 from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX
-from geoseg.data.sampling import grid_offsets
 from geoseg.infer.engine import BlockResult, InferenceSpec, Reader, forward_windows
 from geoseg.infer.windows import blend_weights
+from geoseg.io.tiling import grid_offsets
 
 FIXED_POINT = np.float32(2.0**24)
 

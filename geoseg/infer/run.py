@@ -26,7 +26,7 @@ from geoseg.infer.assemble import Assembler, Contribution
 from geoseg.infer.engine import InferenceSpec
 from geoseg.infer.parallel import BlockJob, check_scheduler, run_blocks
 from geoseg.infer.settings import default_batch_size, resolve_precision, window_size
-from geoseg.infer.writer import confidence_percent, open_class_map, open_confidence_map
+from geoseg.io.classmap import confidence_percent, open_class_map, open_confidence_map
 from geoseg.io.raster import (
     RasterInfo,
     cap_gdal_cache,

@@ -10,7 +10,7 @@ from pathlib import Path
 from rasterio.windows import Window
 
 from geoseg.infer.engine import predict_block
-from geoseg.infer.writer import write_class_map
+from geoseg.io.classmap import write_class_map
 from geoseg.io.raster import open_raster, read_info, read_window
 from geoseg.model.bundle import Bundle, check_bundle_fits
 

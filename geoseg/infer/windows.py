@@ -6,7 +6,7 @@ from functools import cache
 
 import numpy as np
 
-from geoseg.data.sampling import grid_offsets
+from geoseg.io.tiling import grid_offsets
 
 BLEND_FLOOR = 0.05  # keeps raster-edge pixels, seen by one window only, weighted above zero
 

@@ -20,7 +20,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 
-from geoseg import __version__
+from geoseg._version import __version__
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.data.preprocess import Normalization
 from geoseg.errors import BundleError, OutputExistsError

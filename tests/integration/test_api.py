@@ -22,7 +22,7 @@ import geoseg
 from geoseg.demo_data import make_survey
 from geoseg.errors import GeoSegError
 from geoseg.infer.run import InferOptions, segment_mosaic
-from geoseg.infer.writer import confidence_percent
+from geoseg.io.classmap import confidence_percent
 from geoseg.polygons import vectorize_class_map
 from geoseg.progress import Progress, ProgressMode
 from tests.conftest import make_random_bundle, shared_data

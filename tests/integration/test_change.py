@@ -14,7 +14,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from geoseg.config import ClassSpec
-from geoseg.infer.writer import write_class_map
+from geoseg.io.classmap import write_class_map
 from geoseg.io.raster import read_info
 from tests.conftest import shared_data
 

@@ -14,7 +14,8 @@ from rasterio.crs import CRS
 
 from geoseg.config import ClassSpec
 from geoseg.errors import InputError
-from geoseg.evaluate import CLASSES_TAG, confusion_from_arrays, evaluate, read_class_table
+from geoseg.evaluate import confusion_from_arrays, evaluate
+from geoseg.io.classmap import CLASSES_TAG, read_class_table
 from geoseg.io.raster import read_info
 from geoseg.io.vector import rasterize_labels
 

@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from geoseg.config import ClassSpec
 from geoseg.errors import GeoSegError, OutputError, OutputExistsError
-from geoseg.infer.writer import CLASSES_TAG
+from geoseg.io.classmap import CLASSES_TAG
 from geoseg.polygons import LAYER_NAME, class_areas, vectorize_class_map
 from tests.conftest import shared_data
 

@@ -14,9 +14,10 @@ from rasterio.transform import from_origin
 from geoseg.config import IGNORE_INDEX
 from geoseg.data.datasets import LabeledOrtho, PixelWindow
 from geoseg.data.preprocess import Normalization
-from geoseg.data.sampling import LabeledWindowSampler, MultiImageSampler, grid_offsets, validation_windows
+from geoseg.data.sampling import LabeledWindowSampler, MultiImageSampler, validation_windows
 from geoseg.infer.windows import window_grid
 from geoseg.io.raster import GridSpec
+from geoseg.io.tiling import grid_offsets
 
 TRANSFORM = from_origin(500_000.0, 4_000_000.0, 0.5, 0.5)
 CRS_UTM = CRS.from_epsg(32633)
