@@ -124,7 +124,7 @@ class AdaptationConfig:
     """Unlabeled target mosaics the model should also work on (joint energy-based domain adaptation).
 
     Target windows are drawn like source windows, and a term lowering their free energy relative to the
-    source's (see ``geoseg/adapt.py``) joins the supervised loss. Target labels are never read: this
+    source's (see ``geoseg/adaptation.py``) joins the supervised loss. Target labels are never read: this
     section has no key for them.
     """
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from geoseg.errors import InputError
 from geoseg.io.raster import atomic_path
+from geoseg.model.bundle import bundle_files
 
 MANIFEST_NAME = "geoseg_batch.json"
 FORMAT_VERSION = 1
@@ -61,10 +62,9 @@ class MosaicRecord:
 def bundle_sha256(path: Path) -> str:
     """Hash of what defines the model: the zip itself, or the bundle folder's three files."""
     digest = hashlib.sha256()
-    files = [path] if path.is_file() else [path / n for n in ("geoseg.json", "config.json", "model.safetensors")]
-    for file in files:
+    for file in bundle_files(path):
         digest.update(file.name.encode())
-        with open(file, "rb") as stream:
+        with open(file, "rb") as stream:  # streamed into one digest: manifests of earlier runs keep matching
             while chunk := stream.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()

@@ -36,14 +36,8 @@ from geoseg.errors import GeoSegError, InputError, OutputExistsError
 from geoseg.infer.assemble import block_layout
 from geoseg.infer.outputs import OutputPaths, finish_outputs
 from geoseg.infer.parallel import BlockJob, check_scheduler, run_block
-from geoseg.infer.run import (
-    InferOptions,
-    MosaicWriter,
-    check_output_folder,
-    plan_mosaic,
-    resolve_precision,
-    window_settings,
-)
+from geoseg.infer.run import InferOptions, MosaicWriter, check_output_folder, plan_mosaic, resolve_precision
+from geoseg.infer.settings import window_size
 from geoseg.io.raster import first_line, read_info
 from geoseg.model.bundle import Bundle, load_bundle
 from geoseg.progress import Progress
@@ -113,7 +107,7 @@ def run_batch(
     if remote and device not in DEVICES:
         resolve_device(device)  # the one-line refusal of a misspelt --device
     # Settings wrong for every mosaic stop the batch before it starts (exit 2), not each mosaic (exit 3).
-    window_settings(options.infer, model.meta)
+    window_size(options.infer.tile, options.infer.overlap, model.meta)
     if options.cluster.scheduler is not None:
         check_scheduler(options.cluster.scheduler, known=(), files=True)
     resolve_precision(options.infer.precision, "cpu" if remote else device, meta=model.meta)
@@ -147,7 +141,7 @@ class _Batch:
         self.reporter = reporter
         self.blocks_total = 0
         self.blocks_done = 0
-        self.settings = options.result_settings(*window_settings(options.infer, bundle.meta))
+        self.settings = options.result_settings(*window_size(options.infer.tile, options.infer.overlap, bundle.meta))
 
     def select(self, mosaics: list[Path], names: dict[Path, str]) -> tuple[list[_Mosaic], list[str]]:
         """Mosaics to run now; those finished earlier are skipped under --resume. Refuses, before any
@@ -180,7 +174,7 @@ class _Batch:
     def _block_count(self, path: Path, block_size: int) -> int:
         try:
             info = read_info(path)
-            tile, overlap = window_settings(self.options.infer, self.bundle.meta)
+            tile, overlap = window_size(self.options.infer.tile, self.options.infer.overlap, self.bundle.meta)
         except GeoSegError:  # it fails when planned, with its reason
             return 1
         rows, cols = block_layout((info.grid.height, info.grid.width), block_size, tile, overlap)

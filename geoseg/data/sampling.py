@@ -52,7 +52,7 @@ class LabeledWindowSampler(SpatialSampler):
         self.candidates, self.weights = self._candidates(labels, rare_classes)
 
     @property
-    def strategy(self) -> str:
+    def strategy(self) -> str:  # abstract in torchgeo's SpatialSampler
         return "random"
 
     def __len__(self) -> int:

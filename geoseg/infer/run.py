@@ -37,7 +37,7 @@ from geoseg.io.raster import (
 )
 from geoseg.io.vector import read_vector
 from geoseg.memory import release_free_memory
-from geoseg.model.bundle import Bundle, BundleMeta, bundle_version, check_bundle_fits, load_bundle
+from geoseg.model.bundle import Bundle, bundle_version, check_bundle_fits, load_bundle
 from geoseg.progress import Progress
 
 
@@ -104,11 +104,6 @@ class MosaicPlan:
     drift: DriftReport | None
 
 
-def window_settings(options: InferOptions, meta: BundleMeta) -> tuple[int, int]:
-    """Tile and overlap: the options', else the bundle's."""
-    return window_size(options.tile, options.overlap, meta)
-
-
 def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str, confidence: bool,
                 on_workers: bool = False) -> MosaicPlan:  # fmt: skip
     """Check the mosaic against the (loaded) bundle and cut it into block jobs; creates no output.
@@ -124,7 +119,7 @@ def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str
     check_bundle_fits(bundle, info)
     meta = bundle.meta
     bundle_path = bundle.path
-    tile, overlap = window_settings(options, meta)
+    tile, overlap = window_size(options.tile, options.overlap, meta)
     aoi = aoi_in_crs(options.aoi, info) if options.aoi is not None else None
     report = band_report(mosaic, meta)
     drift = report if report.bands else None

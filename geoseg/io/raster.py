@@ -65,7 +65,6 @@ class RasterInfo:
     dtype: str
     nodata: float | None
     alpha_band: int | None
-    has_internal_mask: bool
 
     @property
     def image_bands(self) -> list[int]:
@@ -109,9 +108,8 @@ def read_info(path: str | Path) -> RasterInfo:
         if dtype not in SUPPORTED_DTYPES:
             raise InputError(f"has data type {dtype}; geoseg reads {', '.join(SUPPORTED_DTYPES)}", path)
         alpha = next((i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None)
-        internal_mask = any(MaskFlags.per_dataset in flags for flags in ds.mask_flag_enums) and alpha is None
         grid = GridSpec(ds.crs, ds.transform, ds.width, ds.height)
-        return RasterInfo(path, grid, ds.count, dtype, ds.nodata, alpha, internal_mask)
+        return RasterInfo(path, grid, ds.count, dtype, ds.nodata, alpha)
 
 
 def check_bands(info: RasterInfo, bands: Sequence[int], source: str = "bands") -> list[int]:

@@ -28,6 +28,7 @@ from geoseg.io.raster import RasterInfo, check_not_mirrored, remove_stale_partia
 
 FORMAT_VERSION = 1
 META_FILE = "geoseg.json"
+BUNDLE_FILES = (META_FILE, "config.json", "model.safetensors")  # a bundle folder: what defines the model
 KNOWN_KEYS = {
     "format_version", "classes", "ignore_index", "bands", "input", "tile_size", "overlap", "resolution",
     "train_stats", "metrics", "created", "geoseg_version",
@@ -173,6 +174,11 @@ def save_bundle(model: smp.Unet, meta: BundleMeta, out_dir: Path, overwrite: boo
     return out_dir
 
 
+def bundle_files(path: Path) -> list[Path]:
+    """The files that define a model: a zipped bundle or .onnx file itself, or a bundle folder's three."""
+    return [path] if path.is_file() else [path / name for name in BUNDLE_FILES]
+
+
 def bundle_version(path: str | Path) -> str:
     """Size and modification time of the bundle's files: changes whenever the bundle is rewritten.
 
@@ -180,7 +186,7 @@ def bundle_version(path: str | Path) -> str:
     up a retrained bundle saved at the same path.
     """
     path = Path(path)
-    files = [path] if path.is_file() else [path / n for n in (META_FILE, "config.json", "model.safetensors")]
+    files = bundle_files(path)
     stats = [f.stat() for f in files if f.exists()]
     return ";".join(f"{s.st_size}:{s.st_mtime_ns}" for s in stats)
 
@@ -247,7 +253,7 @@ def _bundle_root(extracted: Path, source: Path) -> Path:
 
 
 def _load_dir(path: Path, device: str | torch.device) -> Bundle:
-    for required in (META_FILE, "config.json", "model.safetensors"):
+    for required in BUNDLE_FILES:
         if not (path / required).is_file():
             raise BundleError(f"lacks {required}; a bundle holds config.json, model.safetensors and {META_FILE}", path)
     meta = _read_meta(path / META_FILE, path)
