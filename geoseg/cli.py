@@ -430,9 +430,9 @@ def batch(
     recorded with its reason and the others go on; a worker that dies has its blocks rerun elsewhere.
     The survey report (survey_report.csv and .json) gives the area per class of each mosaic and in total.
     """
-    from geoseg.batch.cluster import ClusterOptions
     from geoseg.batch.run import BatchOptions, print_summary, run_batch
     from geoseg.errors import ConfigError
+    from geoseg.infer.cluster import ClusterOptions
     from geoseg.infer.run import InferOptions, default_workers
 
     if scheduler is not None and workers is not None:

@@ -27,15 +27,15 @@ from pathlib import Path
 
 from rasterio.errors import RasterioIOError
 
-from geoseg.batch.cluster import ClusterOptions, dashboard_link, dask_client, worker_count
 from geoseg.batch.inputs import expand_inputs, output_stems
 from geoseg.batch.manifest import DONE, FAILED, Fingerprint, Manifest, MosaicRecord, bundle_sha256
 from geoseg.batch.report import SurveyReport, write_survey_report
 from geoseg.device import DEVICES, resolve_device
 from geoseg.errors import GeoSegError, InputError, OutputExistsError
 from geoseg.infer.assemble import block_layout
+from geoseg.infer.cluster import ClusterOptions, check_scheduler, dashboard_link, dask_client, worker_count
 from geoseg.infer.outputs import OutputPaths, finish_outputs
-from geoseg.infer.parallel import BlockJob, check_scheduler, run_block
+from geoseg.infer.parallel import BlockJob, run_block
 from geoseg.infer.run import InferOptions, MosaicWriter, check_output_folder, plan_mosaic, resolve_precision
 from geoseg.infer.settings import window_size
 from geoseg.io.raster import first_line, read_info

@@ -13,7 +13,6 @@ import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import dask
 import numpy as np
@@ -24,9 +23,9 @@ from rasterio.windows import transform as window_transform
 from shapely.geometry.base import BaseGeometry
 
 from geoseg.device import resolve_device
-from geoseg.errors import InputError
 from geoseg.infer.assemble import Contribution
 from geoseg.infer.block import ModelSource, segment_block
+from geoseg.infer.cluster import ClusterOptions, dask_client
 from geoseg.infer.engine import InferenceSpec
 from geoseg.infer.settings import default_batch_size, resolve_precision
 from geoseg.io.raster import cap_gdal_cache, read_window
@@ -95,23 +94,6 @@ def run_blocks(
         _run_distributed(jobs, scheduler, workers, on_done)
 
 
-def check_scheduler(value: str, known: tuple[str, ...] = (*SCHEDULERS, "local"), files: bool = False) -> None:
-    """Refuse a ``--scheduler`` that is neither a name in ``known`` nor a Dask address (nor, if ``files``,
-    an existing scheduler file) before any work starts: Dask's own error is a traceback."""
-    from distributed.comm.addressing import parse_address, parse_host_port
-
-    if value in known or (files and Path(value).is_file()):
-        return
-    try:
-        scheme, location = parse_address(value)
-        if scheme in ("tcp", "tls"):
-            parse_host_port(location)
-    except ValueError as exc:
-        names = ", ".join(known)
-        kinds = f"{names}, a scheduler address" + (" or a scheduler file" if files else "")
-        raise InputError(f"--scheduler {value!r} is not {kinds} such as tcp://host:8786 ({exc})") from None
-
-
 def _run_local(jobs: list[BlockJob], scheduler: str, workers: int, on_done) -> None:
     """Dask's local schedulers, with one pool for the whole run so each process loads the model once."""
     if scheduler == "sync":
@@ -130,20 +112,12 @@ def _run_local(jobs: list[BlockJob], scheduler: str, workers: int, on_done) -> N
 
 
 def _run_distributed(jobs: list[BlockJob], address: str, workers: int, on_done) -> None:
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import as_completed
 
-    if address == "local":
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        with cluster, Client(cluster) as client:
-            _submit_bounded(client, jobs, workers, on_done, as_completed)
-        return
-    try:
-        client = Client(address, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError) as exc:
-        raise InputError(f"no Dask scheduler answered at {address} ({exc.__class__.__name__}); start one with "
-                         "`dask scheduler`, check the address, or use --scheduler threads") from None  # fmt: skip
-    with client:
-        n = max(1, len(client.scheduler_info().get("workers", {})) or workers)
+    local = address == "local"
+    options = ClusterOptions(scheduler=None if local else address, workers=workers, connect_timeout_s=CONNECT_TIMEOUT_S)
+    with dask_client(options, dashboard=False, otherwise="use --scheduler threads") as client:
+        n = workers if local else len(client.scheduler_info().get("workers", {})) or workers
         _submit_bounded(client, jobs, n, on_done, as_completed)
 
 

@@ -23,8 +23,9 @@ from geoseg.drift.remedies import remedied_normalization, remedy_record
 from geoseg.drift.report import DriftReport
 from geoseg.errors import InputError, OutputError
 from geoseg.infer.assemble import Assembler, Contribution
+from geoseg.infer.cluster import check_scheduler
 from geoseg.infer.engine import InferenceSpec
-from geoseg.infer.parallel import BlockJob, check_scheduler, run_blocks
+from geoseg.infer.parallel import SCHEDULERS, BlockJob, run_blocks
 from geoseg.infer.settings import default_batch_size, resolve_precision, window_size
 from geoseg.io.classmap import confidence_percent, open_class_map, open_confidence_map
 from geoseg.io.raster import (
@@ -210,7 +211,7 @@ def segment_mosaic(
     for path in (classes_path, confidence_path):
         if path is not None:
             ensure_writable(path, overwrite, instead="another --out-dir")
-    check_scheduler(options.scheduler)
+    check_scheduler(options.scheduler, known=(*SCHEDULERS, "local"))
     bundle = load_bundle(bundle_path, device="cpu")
     plan = plan_mosaic(mosaic, bundle, options, device, confidence_path is not None)
     folder = classes_path.parent

@@ -1,4 +1,4 @@
-"""Connecting to Dask: a running scheduler (optionally over TLS), or a LocalCluster on this machine."""
+"""Connecting to Dask (geoseg infer and batch): a running scheduler (optionally over TLS), or a LocalCluster here."""
 
 from __future__ import annotations
 
@@ -8,7 +8,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geoseg.errors import InputError
-from geoseg.infer.parallel import check_scheduler
+
+
+def check_scheduler(value: str, known: tuple[str, ...] = (), files: bool = False) -> None:
+    """Refuse a ``--scheduler`` that is neither a name in ``known`` nor a Dask address (nor, if ``files``,
+    an existing scheduler file) before any work starts: Dask's own error is a traceback."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    if value in known or (files and Path(value).is_file()):
+        return
+    try:
+        scheme, location = parse_address(value)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except ValueError as exc:
+        kinds = ", ".join([*known, "a scheduler address"]) + (" or a scheduler file" if files else "")
+        raise InputError(f"--scheduler {value!r} is not {kinds} such as tcp://host:8786 ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -38,12 +53,21 @@ def _security(options: ClusterOptions):
 
 
 @contextlib.contextmanager
-def dask_client(options: ClusterOptions) -> Iterator:
-    """A ``distributed.Client``; a LocalCluster it started is closed on the way out."""
+def dask_client(
+    options: ClusterOptions, dashboard: bool = True, otherwise: str = "leave out --scheduler to use this machine"
+) -> Iterator:
+    """A ``distributed.Client``; a LocalCluster it started is closed on the way out.
+
+    Args:
+        options: where the scheduler is (None: start a LocalCluster of ``options.workers`` processes).
+        dashboard: whether a LocalCluster serves its dashboard (on a free port).
+        otherwise: the alternative the "no scheduler answered" error suggests.
+    """
     from distributed import Client, LocalCluster
 
     if options.scheduler is None:
-        cluster = LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+        cluster = LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":0" if dashboard else None)  # fmt: skip
         with cluster, Client(cluster) as client:
             yield client
         return
@@ -58,7 +82,7 @@ def dask_client(options: ClusterOptions) -> Iterator:
     except (OSError, TimeoutError) as exc:
         raise InputError(
             f"no Dask scheduler answered at {options.scheduler} ({exc.__class__.__name__}); start one with "
-            "`dask scheduler`, check the address, or leave out --scheduler to use this machine"
+            f"`dask scheduler`, check the address, or {otherwise}"
         ) from None
     with client:
         yield client
