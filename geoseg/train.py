@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
 import logging
 import math
@@ -33,7 +34,7 @@ from geoseg.data.targets import TargetSet, build_target_set
 from geoseg.device import resolve_device, training_precision
 from geoseg.drift.confidence import CONFIDENCE_THRESHOLD, SAMPLE_PIXELS, low_confidence_counts
 from geoseg.errors import OutputExistsError
-from geoseg.io.raster import ensure_writable
+from geoseg.io.raster import atomic_path, ensure_writable
 from geoseg.metrics import SegmentationScores, scores_from_confusion
 from geoseg.model import remote_sensing
 from geoseg.model.build import build_unet
@@ -174,6 +175,19 @@ class SegmentationTask(L.LightningModule):
             self.log(f"val/iou_{k}", 0.0 if math.isnan(iou) else float(iou))
             f1 = scores.f1[k]
             self.log(f"val/f1_{k}", 0.0 if math.isnan(f1) else float(f1))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The validation history (confusion matrices) travels with the checkpoint, so a resumed run's
+        # bundle scores and best step cover the validations before the interruption too.
+        checkpoint["geoseg_validations"] = {
+            "steps": list(self.history_steps),
+            "confusions": [s.confusion.tolist() for s in self.history],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("geoseg_validations") or {"steps": [], "confusions": []}
+        self.history_steps = [int(step) for step in saved["steps"]]
+        self.history = [scores_from_confusion(np.asarray(c, dtype=np.int64)) for c in saved["confusions"]]
 
     def configure_optimizers(self) -> Any:
         r = self.recipe
@@ -404,13 +418,15 @@ def _fit(
     )
     loaders = _loaders(ts, targets, t.batch_size, t.num_workers)
     ckpt_path = work / "checkpoints" / "last.ckpt"
+    resuming = resume and ckpt_path.exists()
+    earlier_log = _set_aside_log(work) if resuming else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*srun.*")
         if not ts.val_windows:  # the refit, or validation.fraction 0: nothing to monitor, by design
             warnings.filterwarnings("ignore", ".*could not find the monitored key.*")
             warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")
         try:
-            trainer.fit(task, *loaders, ckpt_path=str(ckpt_path) if resume and ckpt_path.exists() else None)
+            trainer.fit(task, *loaders, ckpt_path=str(ckpt_path) if resuming else None)
         except SystemExit:
             if not trainer.interrupted:
                 raise
@@ -418,6 +434,9 @@ def _fit(
             hint = ("rerun the same command with --resume to continue from the last epoch" if ckpt_path.exists()
                     else "no epoch finished, so start again")  # fmt: skip
             raise TrainingInterrupted(hint) from None
+        finally:
+            if earlier_log is not None:
+                _join_logs(earlier_log, work / "logs" / "metrics.csv")
     best = _best_state(checkpoint) if t.keep == "best" else None
     if best is not None:
         task.load_state_dict(best)
@@ -427,6 +446,36 @@ def _fit(
         best_step = task.history_steps[best_index]
     task.targets = targets  # for the bundle's adaptation record
     return _Fit(task, ts, trainer.global_step, trainer.current_epoch, best_step)
+
+
+def _set_aside_log(work: Path) -> Path | None:
+    """Lightning's CSV logger deletes an existing metrics.csv; keep it aside to join after the resumed run."""
+    log = work / "logs" / "metrics.csv"
+    if not log.exists():
+        return None
+    aside = log.with_name("metrics.before-resume.csv")
+    if aside.exists():  # an earlier resume was interrupted before joining: that file already holds the start
+        _join_logs(aside, log)
+    log.replace(aside)
+    return aside
+
+
+def _join_logs(earlier: Path, log: Path) -> None:
+    """metrics.csv = the earlier rows up to where the resumed run took over, then the resumed run's rows."""
+    with earlier.open(newline="") as f:
+        old_rows = list(csv.DictReader(f))
+    new_rows: list[dict[str, str]] = []
+    if log.exists():
+        with log.open(newline="") as f:
+            new_rows = list(csv.DictReader(f))
+    first_new = min((int(r["step"]) for r in new_rows if r.get("step")), default=None)
+    kept = [r for r in old_rows if first_new is None or int(r.get("step") or 0) < first_new]
+    fields = sorted({key for row in kept + new_rows for key in row})
+    with atomic_path(log) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept + new_rows)
+    earlier.unlink()
 
 
 class TrainingInterrupted(KeyboardInterrupt):

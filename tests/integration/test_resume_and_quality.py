@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -52,6 +53,14 @@ train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, epochs: 10, refit:
     assert resumed.steps == 4
     assert len(resumed.losses) == 2  # only the two missing steps ran
     assert (out / "geoseg.json").is_file()
+    # the log keeps the first run's rows, and the bundle's scores and best step weigh both runs' validations
+    with (tmp_path / "bundle.train" / "logs" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    train_steps = sorted(int(r["step"]) for r in rows if r.get("train/loss_step"))
+    assert len(train_steps) == 4 and train_steps[:2] == [0, 1], train_steps  # Lightning numbers resumed rows from 3
+    assert len([r for r in rows if r.get("val/miou")]) == 2
+    recorded = json.loads((out / "geoseg.json").read_text())
+    assert recorded["metrics"] is not None and recorded["recipe"]["best_step"] in (2, 4)
 
 
 class _WorseningValidation(Callback):
