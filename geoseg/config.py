@@ -1,7 +1,7 @@
 """Training configuration: YAML in, typed and validated dataclasses out.
 
 Every problem is reported as one line naming the config file and the key, and relative paths
-are resolved against the config file's folder (DESIGN §3).
+are resolved against the config file's folder (docs/formats.md, "Training config").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Score a class map against reference labels: confusion matrix, per-class IoU/F1, mIoU.
 
-Only pixels that are labelled and valid in both count (DESIGN §3, ``geoseg evaluate``):
+Only pixels that are labelled and valid in both count (docs/formats.md, "Evaluation JSON"):
 
 - the prediction is a geoseg class map (one band of class ids, nodata 255); 255 and any value that
   cannot be a class id (outside 0-254) are not valid;

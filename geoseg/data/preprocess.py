@@ -178,7 +178,8 @@ class Normalization:
         return ((scaled - mean) / std).astype(np.float32)
 
     def to_json(self) -> dict:
-        """The bundle's ``input`` block; a single shared range is written as DESIGN §3's [lo, hi]."""
+        """The bundle's ``input`` block (docs/formats.md, "The input block"); a range all bands share is written
+        as one [lo, hi]."""
         shared = all(s == self.scale[0] for s in self.scale)
         scale = list(self.scale[0]) if shared else [list(s) for s in self.scale]
         return {"scale": scale, "mean": list(self.mean), "std": list(self.std)}
@@ -197,7 +198,7 @@ class Normalization:
 def choose_normalization(
     stats: Sequence[BandStats], dtype: str, cfg: PreprocessConfig, pretrained: bool
 ) -> Normalization:
-    """Pick scaling and standardization the way DESIGN describes, and say so in the bundle.
+    """Pick scaling and standardization, and record them in the bundle (docs/formats.md, "The input block").
 
     Scaling: uint8 → [0, 255]; uint16/float → per-band percentile stretch (unless fixed).
     Standardization: ImageNet mean/std for 3-band input to a pretrained encoder; otherwise the

@@ -1,4 +1,4 @@
-"""The model bundle (DESIGN §3): smp's ``save_pretrained`` files plus ``geoseg.json``.
+"""The model bundle (docs/formats.md, "Model bundle"): smp's ``save_pretrained`` files plus ``geoseg.json``.
 
 Loading reads safetensors and JSON only; nothing is ever unpickled.
 """
