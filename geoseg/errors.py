@@ -46,3 +46,7 @@ class WeightsUnavailableError(GeoSegError):
 
 class OutputError(GeoSegError):
     """An output cannot be written (folder missing rights, disk full)."""
+
+
+class Cancelled(Exception):
+    """Work stopped part-way because the run is being interrupted; its partial output is already removed."""

@@ -1,4 +1,4 @@
-"""Polygons and per-class areas from a class map, written or in memory (DESIGN §3, "Polygons").
+"""Polygons and per-class areas from a class map, written or in memory (docs/formats.md, "Polygons and areas").
 
 ``vectorize_class_map`` polygonizes the class map *file* with GDAL (``rasterio.features.shapes`` on a
 dataset band), so the result depends only on the pixels, never on how the map was written (block size,
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -46,7 +47,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX, ClassSpec
-from geoseg.errors import ConfigError, InputError, OutputError
+from geoseg.errors import Cancelled, ConfigError, InputError, OutputError
 from geoseg.io.classmap import class_names
 from geoseg.io.raster import atomic_path, ensure_writable, open_raster, verify_readable
 
@@ -79,6 +80,7 @@ def vectorize_class_map(
     connectivity: int = 4,
     overwrite: bool = False,
     min_pixels: int = 0,
+    cancel: threading.Event | None = None,
 ) -> VectorizeResult:
     """Polygonize a class map into ``out`` (.gpkg layer "classes", .geojson/.json, or .parquet).
 
@@ -90,7 +92,8 @@ def vectorize_class_map(
     Fields: ``class_id``, ``class_name`` (from ``classes``, else the class map's GEOSEG_CLASSES tag, else
     the id), ``area`` in CRS units² and, where the CRS is projected, ``area_m2``. The output has the class
     map's CRS, only valid geometries, and appears atomically; an existing file is replaced only with
-    ``overwrite``.
+    ``overwrite``. Setting ``cancel`` (from another thread) stops the work at its next batch of polygons
+    with :class:`~geoseg.errors.Cancelled`, writing nothing.
     """
     class_map, out = Path(class_map), Path(out)
     driver = _output_driver(out)
@@ -106,8 +109,9 @@ def vectorize_class_map(
         crs = ds.crs
         threshold = _area_threshold(min_area, min_pixels, abs(ds.transform.determinant))
         features = rasterio.features.shapes(rasterio.band(ds, 1), connectivity=connectivity)
-        found = _polygonize(features, _nodata_values(ds.nodata), threshold, simplify)
+        found = _polygonize(features, _nodata_values(ds.nodata), threshold, simplify, cancel)
 
+    _stop_if(cancel)
     _write(out, driver, polygon_frame(found.polygons, found.ids, names, crs))
     counts = dict(sorted(Counter(found.ids).items()))
     return VectorizeResult(out, len(found.ids), counts, found.dropped, found.simplified)
@@ -144,12 +148,19 @@ class _Found:
     simplified: bool
 
 
-def _polygonize(features: Iterator[tuple[dict, float]], skip: set[int], threshold: float, simplify: float) -> _Found:
+def _stop_if(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("polygons stopped: the run is being interrupted")
+
+
+def _polygonize(features: Iterator[tuple[dict, float]], skip: set[int], threshold: float, simplify: float,
+                cancel: threading.Event | None = None) -> _Found:  # fmt: skip
     """GDAL's polygons, nodata skipped, small ones dropped, repaired and coverage-simplified."""
     chunks: list[np.ndarray] = []
     chunk_ids: list[np.ndarray] = []
     dropped = 0
     for batch, values in _batches(features, skip):
+        _stop_if(cancel)
         keep = shapely.area(batch) >= threshold
         dropped += int(np.count_nonzero(~keep))
         chunks.append(batch[keep])
@@ -158,6 +169,7 @@ def _polygonize(features: Iterator[tuple[dict, float]], skip: set[int], threshol
     ids = [int(i) for i in np.concatenate(chunk_ids)] if chunk_ids else []
     polygons = _valid(polygons)
     simplified = False
+    _stop_if(cancel)
     if simplify > 0 and len(polygons):
         polygons, simplified = _coverage_simplify(polygons, simplify)
         polygons = _valid(polygons)
@@ -363,7 +375,8 @@ def square_metres_factor(crs: rasterio.crs.CRS | None) -> float | None:
 def polygon_frame(
     polygons: np.ndarray, ids: list[int], names: dict[int, str], crs: rasterio.crs.CRS | None
 ) -> gpd.GeoDataFrame:
-    """The GeoDataFrame of DESIGN §3: class_id, class_name, area (CRS units²), area_m2 where projected."""
+    """The polygon layer of docs/formats.md ("Polygons"): class_id, class_name, area (CRS units²), area_m2 where
+    projected."""
     import geopandas as gpd
 
     areas = shapely.area(polygons) if len(polygons) else np.empty(0)

@@ -18,20 +18,22 @@ How the work flows:
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rasterio.errors import RasterioIOError
 
+from geoseg.batch.finisher import Finisher
 from geoseg.batch.inputs import expand_inputs, output_stems
 from geoseg.batch.manifest import DONE, FAILED, Fingerprint, Manifest, MosaicRecord, bundle_sha256
 from geoseg.batch.report import SurveyReport, write_survey_report
 from geoseg.device import DEVICES, resolve_device
-from geoseg.errors import GeoSegError, InputError, OutputExistsError
+from geoseg.errors import Cancelled, GeoSegError, InputError, OutputExistsError
 from geoseg.infer.assemble import block_layout
 from geoseg.infer.cluster import ClusterOptions, check_scheduler, dashboard_link, dask_client, worker_count
 from geoseg.infer.outputs import OutputPaths, finish_outputs
@@ -43,6 +45,7 @@ from geoseg.model.bundle import Bundle, load_bundle
 from geoseg.progress import Progress
 
 EXIT_SOME_FAILED = 3
+INTERRUPTED_REASON = "interrupted before its polygons and areas were written; --resume makes them"
 
 
 @dataclass(frozen=True)
@@ -187,8 +190,9 @@ class _Batch:
         active: dict[str, _Mosaic] = {}
         owner: dict[Future, _Mosaic] = {}
         in_flight = as_completed()
-        finisher = ThreadPoolExecutor(1, thread_name_prefix="geoseg-finish")
+        finisher = Finisher()
         finishing: list[Future] = []
+        interrupted = True
         try:
             self._progress()
             self._fill(client, queue, active, owner, in_flight)
@@ -201,6 +205,7 @@ class _Batch:
                 self._fill(client, queue, active, owner, in_flight)
             for job in finishing:
                 job.result()
+            interrupted = False
         except BaseException as exc:
             for mosaic in list(active.values()):
                 if mosaic.writer is not None:
@@ -208,7 +213,7 @@ class _Batch:
                     mosaic.writer = None
             raise
         finally:
-            finisher.shutdown(wait=True)
+            finisher.close(interrupted)
             self.reporter.close()
 
     def _receive(self, client, future, mosaic: _Mosaic, active: dict, finisher, finishing: list) -> None:
@@ -222,7 +227,9 @@ class _Batch:
             mosaic.writer.__exit__(None, None, None)  # the class map appears, finished
             mosaic.writer = None
             del active[mosaic.id]
-            finishing.append(finisher.submit(self._finish, mosaic))
+            outputs = [p for p in (mosaic.paths.polygons, mosaic.paths.areas) if p is not None]
+            finishing.append(finisher.submit(lambda: self._finish(mosaic, finisher.cancel), outputs,
+                                             lambda: self._record_failure(mosaic, INTERRUPTED_REASON)))  # fmt: skip
 
     def _fill(self, client, queue, active, owner, in_flight) -> None:
         """Submit block jobs, planning mosaics as they come up, until about two per worker are in flight."""
@@ -272,10 +279,16 @@ class _Batch:
         self._record_failure(mosaic, reason)
         self._count(mosaic, mosaic.blocks - mosaic.blocks_reported)
 
-    def _finish(self, mosaic: _Mosaic) -> None:
-        """Polygons and areas from the written class map, then the manifest entry (finishing thread)."""
+    def _finish(self, mosaic: _Mosaic, cancel: threading.Event) -> None:
+        """Polygons and areas from the written class map, then the manifest entry (finishing thread).
+
+        Interrupted part-way, the mosaic is recorded as failed, so --resume segments it again."""
         try:
-            finished = finish_outputs(mosaic.paths, self.options.min_area, self.options.simplify, overwrite=True)
+            finished = finish_outputs(mosaic.paths, self.options.min_area, self.options.simplify, overwrite=True,
+                                      cancel=cancel)  # fmt: skip
+        except Cancelled:
+            self._record_failure(mosaic, INTERRUPTED_REASON)
+            return
         except Exception as exc:  # one mosaic's polygons failing, however, fails that mosaic, not the survey
             self._record_failure(mosaic, _reason(exc))
             return

@@ -1,8 +1,12 @@
-"""The files `geoseg infer` (and `geoseg batch`, per mosaic) writes around a class map, by DESIGN §3."""
+"""The files `geoseg infer` (and `geoseg batch`, per mosaic) writes around a class map.
+
+Their formats: docs/formats.md, "Class map" and "Polygons and areas".
+"""
 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +44,16 @@ class FinishedOutputs:
     polygons: int | None  # how many were written, None when polygons were not asked for
 
 
-def finish_outputs(paths: OutputPaths, min_area: float, simplify: float, overwrite: bool) -> FinishedOutputs:
-    """Polygons (streamed from the written class map) and the per-class areas, each written atomically."""
+def finish_outputs(paths: OutputPaths, min_area: float, simplify: float, overwrite: bool,
+                   cancel: threading.Event | None = None) -> FinishedOutputs:  # fmt: skip
+    """Polygons (streamed from the written class map) and the per-class areas, each written atomically.
+
+    ``cancel`` set from another thread stops the polygons part-way (:class:`~geoseg.errors.Cancelled`).
+    """
     n_polygons = None
     if paths.polygons is not None:
         vectors = vectorize_class_map(paths.classes, paths.polygons, min_area=min_area, simplify=simplify,
-                                      overwrite=overwrite)  # fmt: skip
+                                      overwrite=overwrite, cancel=cancel)  # fmt: skip
         n_polygons = vectors.n_polygons
     areas = class_areas(paths.classes)
     with atomic_path(paths.areas) as tmp:

@@ -253,3 +253,35 @@ def test_resume_reruns_a_mosaic_when_more_is_asked_and_keeps_foreign_outputs(tmp
     refused = run_batch_cli(foreign, bundle, mosaics[2], extra=("--scheduler", cluster.address, "--resume"))
     assert refused.returncode == 2 and "--overwrite" in refused.stderr, refused.stderr
     assert (foreign / "RGB.byte_classes.tif").read_bytes() == b"someone's map"
+
+
+def test_ctrl_c_while_polygons_are_made_stops_at_once_and_resume_makes_them(tmp_path: Path, bundle: Path) -> None:
+    """Ctrl-C while a mosaic's polygons are being made (here a noisy 2048 px map, coverage-simplified: seconds
+    of work) stops the batch without waiting for them: exit 130, no temporary file, the mosaic recorded as
+    interrupted; --resume then makes its polygons."""
+    rng = np.random.default_rng(0)
+    mosaic = tmp_path / "noise.tif"
+    profile = {"driver": "GTiff", "width": 2048, "height": 2048, "count": 3, "dtype": "uint8", "crs": "EPSG:32633",
+               "transform": rasterio.transform.from_origin(500_000, 5_000_000, 0.05, 0.05), "tiled": True}  # fmt: skip
+    with rasterio.open(mosaic, "w", **profile) as dst:
+        dst.write(rng.integers(0, 256, (3, 2048, 2048), dtype=np.uint8))
+    out = tmp_path / "out"
+    command = batch_command(out, bundle, mosaic, extra=("--workers", "2", "--simplify", "0.2", "--progress", "none"))
+    batch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (out / "noise_classes.tif").exists() and batch.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert batch.poll() is None and not (out / "noise_polygons.gpkg").exists(), "no polygon stage to interrupt"
+    batch.send_signal(signal.SIGINT)
+    _, stderr = batch.communicate(timeout=60)  # a hang guard; the promise (seconds) is measured, not asserted
+    assert batch.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    assert partial_files(out) == [] and not (out / "noise_polygons.gpkg").exists()
+    record = manifest(out)["noise"]
+    assert record["status"] == "failed" and "--resume" in record["reason"], record
+
+    again = run_batch_cli(out, bundle, mosaic, extra=("--workers", "2", "--simplify", "0.2", "--resume"))
+    assert again.returncode == 0, again.stderr
+    assert manifest(out)["noise"]["status"] == "done"
+    assert pyogrio.read_info(out / "noise_polygons.gpkg")["features"] > 1000

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from geoseg.config import ClassSpec
-from geoseg.errors import GeoSegError, OutputError, OutputExistsError
+from geoseg.errors import Cancelled, GeoSegError, OutputError, OutputExistsError
 from geoseg.io.classmap import CLASSES_TAG
 from geoseg.polygons import LAYER_NAME, class_areas, vectorize_class_map
 from tests.conftest import shared_data
@@ -372,3 +373,20 @@ def test_vectorize_refuses_what_is_not_a_class_map(tmp_path: Path, problem: str)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and str(source) in lines[0]
     assert not out.exists() and not list(tmp_path.glob(".p.gpkg*"))
+
+
+def test_a_cancelled_vectorize_writes_nothing(tmp_path: Path) -> None:
+    """What `geoseg batch` relies on to stop within seconds on Ctrl-C: with ``cancel`` set, vectorizing
+    stops with Cancelled and leaves neither the output nor a temporary file; cleared, the same call works."""
+    rng = np.random.default_rng(0)
+    ids = np.array([c.id for c in SPECS], dtype=np.uint8)
+    blobs = rng.choice(ids, (64, 64)).repeat(4, 0).repeat(4, 1)
+    class_map = write_map(tmp_path / "map.tif", blobs)
+    out = tmp_path / "polygons.gpkg"
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        vectorize_class_map(class_map, out, cancel=cancel)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif"]
+    cancel.clear()
+    assert vectorize_class_map(class_map, out, cancel=cancel).n_polygons > 100
