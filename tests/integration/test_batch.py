@@ -234,6 +234,22 @@ def test_the_device_is_resolved_by_the_workers_not_the_client(tmp_path: Path, cl
     assert partial_files(out) == [] and not (out / "RGB.byte_classes.tif").exists()
 
 
+def test_device_auto_from_a_client_that_sees_no_gpu_runs_on_the_workers(
+    tmp_path: Path, cluster, mosaics: list[Path], bundle: Path, expected: dict[str, np.ndarray]
+) -> None:
+    """`--device auto --precision auto` from a client with no GPU visible: the workers choose (here the CPU),
+    and the class map is the one `geoseg infer` makes."""
+    out = tmp_path / "out"
+    command = batch_command(out, bundle, mosaics[2], extra=("--scheduler", cluster.address, "--device", "auto",
+                                                            "--precision", "auto", "--progress", "none"))  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (record,) = manifest(out).values()
+    assert record["status"] == "done" and record["settings"]["precision"] == "auto", record
+    assert np.array_equal(classes(out / "RGB.byte_classes.tif"), expected["RGB.byte"])
+
+
 def test_resume_reruns_a_mosaic_when_more_is_asked_and_keeps_foreign_outputs(tmp_path: Path, cluster,
                                                                             mosaics: list[Path],
                                                                             bundle: Path) -> None:  # fmt: skip
