@@ -166,7 +166,10 @@ def segment(
             f"the model reads bands {model.bands} (1-based) but the DataArray has {n_bands} along {band_dim!r}; "
             "use a model trained on this kind of imagery, or select and order the bands it expects"
         )
-    tile, overlap = window_size(tile, overlap, model.meta, name="overlap")
+    try:
+        tile, overlap = window_size(tile, overlap, model.meta, name="overlap")
+    except InputError as exc:
+        raise ArrayError(str(exc)) from None
     spec = InferenceSpec(
         normalization=model.meta.normalization,
         class_ids=[c.id for c in model.meta.classes],
@@ -235,6 +238,7 @@ def vectorize(
 
 def _dims(da: xr.DataArray) -> tuple[str, str, str]:
     """(band, y, x) dimension names, or a clear error."""
+    import rioxarray  # noqa: F401  (registers ``.rio``: the caller may have built the array without it)
     import xarray as xr
 
     if not isinstance(da, xr.DataArray):

@@ -200,10 +200,26 @@ def test_wrong_arrays_get_a_clear_value_error(survey: Path, rgb_model, change, m
     assert isinstance(err.value, GeoSegError)  # the CLI's error hierarchy too
 
 
+def test_an_array_built_without_rioxarray_gets_the_real_reason(rgb_model) -> None:
+    """A caller who never imported rioxarray (plain xarray, y/x dims) hears what is wrong (no CRS), not that
+    its y and x dimensions are missing."""
+    script = (
+        "import numpy as np, xarray as xr, geoseg\n"
+        "da = xr.DataArray(np.zeros((3, 64, 64), np.uint8), dims=('band', 'y', 'x'),\n"
+        "                  coords={'y': np.arange(64.0)[::-1], 'x': np.arange(64.0)})\n"
+        f"try:\n    geoseg.segment(da, geoseg.load_model({str(rgb_model.path)!r}))\n"
+        "except ValueError as exc:\n    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "no CRS" in result.stdout, result.stdout + result.stderr
+
+
 def test_wrong_settings_and_models_are_refused(survey: Path, rgb_model) -> None:
     mosaic = rioxarray.open_rasterio(survey).isel(y=slice(0, 64), x=slice(0, 64))
-    with pytest.raises(GeoSegError, match="overlap must be at least 0 and less than the tile"):
+    with pytest.raises(ValueError, match="overlap must be at least 0 and less than the tile"):
         geoseg.segment(mosaic, rgb_model, overlap=128)
+    with pytest.raises(ValueError, match="tile must be 32-4096 px"):
+        geoseg.segment(mosaic, rgb_model, tile=0)
     with pytest.raises(GeoSegError, match="precision must be one of"):
         geoseg.segment(mosaic, rgb_model, precision="fp8")
     with pytest.raises(TypeError, match=r"geoseg\.load_model"):
