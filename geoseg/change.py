@@ -1,14 +1,16 @@
-"""`geoseg change`: what changed between two class maps of the same place, block by block.
+"""`geoseg change`: what changed between class maps of the same place, block by block.
 
-The later map is read onto the earlier one's grid with nearest neighbour (flights never align), and only
-pixels valid in both count. Classes are matched by id; their names come from a bundle, else from the maps'
-``GEOSEG_CLASSES`` tags, which must agree.
+For each consecutive pair, the later map is read onto the earlier one's grid with nearest neighbour
+(flights never align), and only pixels valid in both count. Classes are matched by id; their names come
+from a bundle, else from the maps' ``GEOSEG_CLASSES`` tags, which must agree. A series of three or more
+maps also gets the cover of each class at each date, over each map's own valid pixels.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,14 +24,16 @@ from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import InputError
-from geoseg.io.classmap import read_class_table
+from geoseg.io.classmap import hex_rgba, read_class_table
 from geoseg.io.raster import atomic_path, ensure_writable, open_raster, verify_readable
-from geoseg.polygons import check_class_map, square_metres_factor
+from geoseg.polygons import check_class_map, class_areas, square_metres_factor
 
 NO_CHANGE_CODE = 65535  # the change map's nodata: a pixel not valid in both maps
 ROWS_PER_STRIP = 512
 OUTPUT_NAMES = {"matrix_csv": "transitions.csv", "matrix_json": "transitions.json", "map": "change.tif",
                 "plot": "change.png"}  # fmt: skip
+SERIES_NAMES = {"cover_csv": "cover.csv", "cover_plot": "cover.png"}
+UNCHANGED_COLOR = (220, 220, 220, 255)  # the change map's persistence pixels; changes take the new class's colour
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,59 @@ class ChangeResult:
         return rows
 
 
+@dataclass(frozen=True)
+class SeriesResult:
+    pairs: list[ChangeResult]  # consecutive pairs, in date order
+    cover: list[dict]  # one row per date and class (see ``cover_rows``)
+    outputs: dict[str, Path]
+
+
+def pair_folder(out_dir: Path, index: int) -> Path:
+    """Where the transitions from map ``index`` to map ``index + 1`` (0-based) of a series go: DIR/1-2, DIR/2-3…"""
+    return out_dir / f"{index + 1}-{index + 2}"
+
+
+def compare_series(maps: list[Path], out_dir: Path, classes: list[ClassSpec] | None = None,
+                   overwrite: bool = False) -> SeriesResult:  # fmt: skip
+    """Transitions for each consecutive pair of ``maps`` (in date order) and the cover per class per date.
+
+    Two maps write their pair's outputs straight into ``out_dir``; three or more write each pair into
+    ``pair_folder(out_dir, k)`` and the cover table and chart into ``out_dir``.
+    """
+    maps = [Path(m) for m in maps]
+    if len(maps) < 2:
+        raise InputError("needs at least two class maps, in date order", maps[0] if maps else out_dir)
+    series = len(maps) > 2
+    outputs = {key: out_dir / name for key, name in SERIES_NAMES.items()} if series else {}
+    for path in outputs.values():
+        ensure_writable(path, overwrite)
+    for index in range(len(maps) - 1):
+        for name in OUTPUT_NAMES.values():
+            ensure_writable((pair_folder(out_dir, index) if series else out_dir) / name, overwrite)
+    for path in maps:
+        with open_raster(path) as ds:
+            check_class_map(ds, path)
+    specs = classes or _shared_class_table(maps)
+    pairs = [compare_maps(a, b, pair_folder(out_dir, k) if series else out_dir, specs, overwrite)
+             for k, (a, b) in enumerate(itertools.pairwise(maps))]  # fmt: skip
+    cover = cover_rows(maps, pairs[0].classes)
+    if series:
+        _write_cover(cover, outputs)
+    return SeriesResult(pairs, cover, outputs)
+
+
+def cover_rows(maps: list[Path], classes: list[ClassSpec]) -> list[dict]:
+    """Per date and class: pixels, percent of that map's valid pixels, m² and ha (None where not projected)."""
+    rows = []
+    for date, path in enumerate(maps, start=1):
+        areas = class_areas(path, classes)
+        for row in areas["classes"]:
+            rows.append({"date": date, "map": str(path), "class_id": row["class_id"], "name": row["name"],
+                         "pixels": row["pixels"], "percent": row["percent"], "m2": row["area_m2"],
+                         "ha": row["area_ha"]})  # fmt: skip
+    return rows
+
+
 def compare_maps(before: Path, after: Path, out_dir: Path, classes: list[ClassSpec] | None = None,
                  overwrite: bool = False) -> ChangeResult:  # fmt: skip
     """The transition matrix of ``before`` → ``after`` and the change map, written into ``out_dir``."""
@@ -64,7 +121,7 @@ def compare_maps(before: Path, after: Path, out_dir: Path, classes: list[ClassSp
         with open_raster(path) as ds:
             check_class_map(ds, path)
         verify_readable(path)
-    specs = classes or _shared_class_table(before, after)
+    specs = classes or _shared_class_table([before, after])
     with open_raster(before) as first:
         to_m2 = square_metres_factor(first.crs)
         pixel_area = abs(first.transform.a * first.transform.e - first.transform.b * first.transform.d)
@@ -94,23 +151,26 @@ def _count_and_write(first: rasterio.DatasetReader, after: Path, target: Path, s
             counts += np.bincount(code[valid], minlength=256 * 256)
             out.write(np.where(valid, code, NO_CHANGE_CODE).astype(np.uint16), 1, window=window)
         out.update_tags(GEOSEG_TRANSITIONS=json.dumps(_transition_names(specs)))
+        out.write_colormap(1, _transition_colors(specs))
     return counts
 
 
-def _shared_class_table(before: Path, after: Path) -> list[ClassSpec]:
-    first, second = read_class_table(before), read_class_table(after)
-    if first and second:
-        names = {c.id: c.name for c in second}
-        for spec in first:
-            if spec.id in names and names[spec.id] != spec.name:
+def _shared_class_table(maps: list[Path]) -> list[ClassSpec]:
+    """The union of the maps' class tables, refused where two maps name one id differently."""
+    merged: dict[int, ClassSpec] = {}
+    first_named: dict[int, Path] = {}
+    for path in maps:
+        for spec in read_class_table(path) or []:
+            known = merged.get(spec.id)
+            if known is not None and known.name != spec.name:
                 raise InputError(
-                    f"names class {spec.id} {spec.name!r} but {after.name} names it {names[spec.id]!r}: the maps' "
+                    f"names class {spec.id} {known.name!r} but {path.name} names it {spec.name!r}: the maps' "
                     "class tables disagree; pass --model with the bundle whose classes both use",
-                    before,
+                    first_named[spec.id],
                 )
-        seen = {c.id for c in first}
-        return [*first, *(c for c in second if c.id not in seen)]
-    return list(first or second or [])
+            if known is None:
+                merged[spec.id], first_named[spec.id] = spec, path
+    return list(merged.values())
 
 
 def _with_unlisted_ids(specs: list[ClassSpec], square: np.ndarray) -> list[ClassSpec]:
@@ -119,6 +179,15 @@ def _with_unlisted_ids(specs: list[ClassSpec], square: np.ndarray) -> list[Class
     present = sorted(set(np.flatnonzero(square.sum(axis=1))) | set(np.flatnonzero(square.sum(axis=0))))
     extra = [ClassSpec(str(i), int(i), str(i), "#808080") for i in present if i not in listed]
     return sorted([*specs, *extra], key=lambda s: s.id)
+
+
+def _transition_colors(specs: list[ClassSpec]) -> dict[int, tuple[int, int, int, int]]:
+    """Persistence in light grey; a change in the colour of the class the pixel became."""
+    colors = {}
+    for a in specs:
+        for b in specs:
+            colors[a.id * 256 + b.id] = UNCHANGED_COLOR if a.id == b.id else hex_rgba(b.color)
+    return colors
 
 
 def _transition_names(specs: list[ClassSpec]) -> dict[str, str]:
@@ -191,5 +260,30 @@ def _write_plot(result: ChangeResult, path: Path, before: str, after: str) -> No
     figure.colorbar(image, ax=heat, label="% of pixels")
     figure.tight_layout()
     with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+
+
+def _write_cover(rows: list[dict], outputs: dict[str, Path]) -> None:
+    with atomic_path(outputs["cover_csv"]) as tmp, tmp.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=["date", "map", "class_id", "name", "pixels", "percent", "m2", "ha"])
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dates = sorted({r["date"] for r in rows})
+    labels = {r["date"]: Path(r["map"]).stem for r in rows}
+    figure, axes = plt.subplots(figsize=(max(6, 1.5 * len(dates)), 4.5))
+    for class_id in sorted({r["class_id"] for r in rows}):
+        mine = [r for r in rows if r["class_id"] == class_id]
+        axes.plot([r["date"] for r in mine], [r["percent"] for r in mine], marker="o", label=mine[0]["name"])
+    axes.set_xticks(dates, [f"{d}: {labels[d]}" for d in dates], rotation=20, ha="right")
+    axes.set_ylabel("cover, % of the map's valid pixels")
+    axes.legend()
+    figure.tight_layout()
+    with atomic_path(outputs["cover_plot"]) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
     plt.close(figure)

@@ -539,9 +539,11 @@ def vectorize(
 
 @app.command()
 def change(
-    before: Annotated[Path, typer.Argument(help="The earlier class map (GeoTIFF of class ids, nodata 255).")],
-    after: Annotated[Path, typer.Argument(help="The later class map: any grid and CRS; read onto BEFORE's grid.")],
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the tables, change map and chart go.")] = Path(
+    maps: Annotated[
+        list[Path],
+        typer.Argument(help="Two or more class maps (GeoTIFFs of class ids, nodata 255), earliest first; any grids."),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the tables, change maps and charts go.")] = Path(
         "change"
     ),
     model: Annotated[
@@ -550,28 +552,37 @@ def change(
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace earlier outputs in --out-dir.")] = False,
 ) -> None:
-    """What changed between two surveys: the transition matrix and a change map.
+    """What changed between surveys: transition matrices, change maps and, for a series, cover over time.
 
-    AFTER is resampled onto BEFORE's grid with nearest neighbour, and only pixels valid in both count.
-    Writes DIR/transitions.csv (from, to, pixels, m², ha), DIR/transitions.json (the matrix, and per class:
-    cover before and after, gain, loss, net change, persistence), DIR/change.tif (code from_id × 256 +
-    to_id, names in its GEOSEG_TRANSITIONS tag) and DIR/change.png (cover per class, transition heat map).
+    Each later map is resampled onto the one before's grid with nearest neighbour, and only pixels valid in
+    both count. For two maps, writes DIR/transitions.csv (from, to, pixels, m², ha), DIR/transitions.json
+    (the matrix, and per class: cover before and after, gain, loss, net change, persistence), DIR/change.tif
+    (code from_id × 256 + to_id, names in its GEOSEG_TRANSITIONS tag; colours: unchanged grey, a change in
+    the new class's colour) and DIR/change.png (cover per class, transition heat map). For three or more,
+    each consecutive pair's files go into DIR/1-2, DIR/2-3, …, and DIR/cover.csv and DIR/cover.png give
+    each class's cover at each date (over that map's valid pixels).
     Classes are matched by id; names come from --model, else the maps' tables, which must agree.
+
+    Example: geoseg change plot3_2023.tif plot3_2024.tif plot3_2025.tif --out-dir plot3_change
     """
-    from geoseg.change import compare_maps
+    from geoseg.change import compare_series
     from geoseg.model.bundle import read_bundle_meta
 
     classes = read_bundle_meta(model).classes if model is not None else None
-    result = compare_maps(before, after, out_dir, classes=classes, overwrite=overwrite)
-    unit = "m²" if result.pixel_area_m2 else "px"
-    factor = result.pixel_area_m2 or 1.0
-    typer.echo(
-        f"{'class':24} {'before %':>9} {'after %':>9} {'gain ' + unit:>14} {'loss ' + unit:>14} {'net ' + unit:>14}"
-    )
-    for row in result.summary():
-        amounts = " ".join(f"{row[key] * factor:14,.1f}" for key in ("gain_px", "loss_px", "net_px"))
-        typer.echo(f"{row['name'][:24]:24} {row['before_percent']:9.1f} {row['after_percent']:9.1f} {amounts}")
-    typer.echo(f"outputs: {', '.join(str(p) for p in result.outputs.values())}")
+    series = compare_series(maps, out_dir, classes=classes, overwrite=overwrite)
+    for index, result in enumerate(series.pairs):
+        if len(series.pairs) > 1:
+            typer.echo(f"{index + 1} → {index + 2}: {maps[index].name} → {maps[index + 1].name}")
+        unit = "m²" if result.pixel_area_m2 else "px"
+        factor = result.pixel_area_m2 or 1.0
+        typer.echo(f"{'class':24} {'before %':>9} {'after %':>9} {'gain ' + unit:>14} {'loss ' + unit:>14} "
+                   f"{'net ' + unit:>14}")  # fmt: skip
+        for row in result.summary():
+            amounts = " ".join(f"{row[key] * factor:14,.1f}" for key in ("gain_px", "loss_px", "net_px"))
+            typer.echo(f"{row['name'][:24]:24} {row['before_percent']:9.1f} {row['after_percent']:9.1f} {amounts}")
+        typer.echo(f"outputs: {', '.join(str(p) for p in result.outputs.values())}")
+    if series.outputs:
+        typer.echo(f"cover over time: {', '.join(str(p) for p in series.outputs.values())}")
 
 
 class ExportFormat(StrEnum):

@@ -49,7 +49,7 @@ def open_class_map(
     """
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **class_map_profile(grid)) as dst:
         yield dst
-        dst.write_colormap(1, {c.id: _rgba(c.color) for c in specs})
+        dst.write_colormap(1, {c.id: hex_rgba(c.color) for c in specs})
         dst.update_tags(**{CLASSES_TAG: json.dumps([{"id": c.id, "name": c.name, "color": c.color} for c in specs])})
         dst.update_tags(1, **{f"CLASS_{c.id}": c.name for c in specs})
         if tags:
@@ -88,7 +88,8 @@ def _overviews(dst: rasterio.io.DatasetWriter, grid: GridSpec, resampling: Resam
         dst.build_overviews(factors, resampling)
 
 
-def _rgba(color: str) -> tuple[int, int, int, int]:
+def hex_rgba(color: str) -> tuple[int, int, int, int]:
+    """'#rrggbb' as an opaque RGBA tuple."""
     color = color.lstrip("#")
     return (int(color[0:2], 16), int(color[2:4], 16), int(color[4:6], 16), 255)
 

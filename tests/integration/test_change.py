@@ -63,6 +63,41 @@ def test_transitions_match_a_count_by_hand(tmp_path: Path) -> None:
     assert codes[200, 200] == before[200, 200] * 256 + 3 and names[str(2 * 256 + 3)] == "crust → lichen"
     assert (tmp_path / "out" / "change.png").read_bytes()[:4] == b"\x89PNG"
     assert "lichen" in run.stdout and "m²" in run.stdout
+    with rasterio.open(tmp_path / "out" / "change.tif") as ds:  # unchanged in grey; a change in its new colour
+        colors = ds.colormap(1)
+    assert colors[2 * 256 + 2][:3] == (220, 220, 220) and colors[2 * 256 + 3][:3] == (0xDA, 0xA5, 0x20)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "change.png", "change.tif", "transitions.csv", "transitions.json"]  # two maps: no cover series  # fmt: skip
+
+
+def test_a_series_gives_each_pair_and_the_cover_at_each_date(tmp_path: Path) -> None:
+    """Three surveys: the transitions of 1 → 2 and 2 → 3, each in its folder, and the cover per class per date
+    as counted by hand (over each map's own valid pixels)."""
+    rng = np.random.default_rng(2)
+    first = rng.integers(1, 4, (300, 400))
+    second = first.copy()
+    second[:100, :100] = 3
+    third = second.copy()
+    third[200:, :] = 1
+    third[:10] = 255
+    maps = [class_map(tmp_path / f"{year}.tif", ids) for year, ids in ((2023, first), (2024, second), (2025, third))]
+    run = change_cli(*maps, "--out-dir", tmp_path / "out")
+    assert run.returncode == 0, run.stderr
+    for folder, (a, b) in (("1-2", (first, second)), ("2-3", (second, third))):
+        pixels = json.loads((tmp_path / "out" / folder / "transitions.json").read_text())["pixels"]
+        valid = (a != 255) & (b != 255)
+        assert pixels == [[int(((a == i) & (b == j) & valid).sum()) for j in (1, 2, 3)] for i in (1, 2, 3)]
+    with open(tmp_path / "out" / "cover.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 9
+    for date, ids in ((1, first), (2, second), (3, third)):
+        valid = ids != 255
+        for class_id in (1, 2, 3):
+            (row,) = [r for r in rows if int(r["date"]) == date and int(r["class_id"]) == class_id]
+            assert int(row["pixels"]) == int((ids == class_id).sum())
+            assert float(row["percent"]) == pytest.approx(100 * (ids == class_id).sum() / valid.sum())
+            assert float(row["m2"]) == pytest.approx(int(row["pixels"]) * 0.25)
+    assert (tmp_path / "out" / "cover.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_later_map_on_another_grid_is_read_onto_the_earlier_grid(tmp_path: Path) -> None:
