@@ -163,18 +163,25 @@ class Normalization:
         """
         return self.standardize(self.scaled(raw, valid))
 
-    def scaled(self, raw: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        """Raw values → 0..1; pixels not ``valid`` take each band's mean, which standardizes to 0."""
+    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(lo, span, mean, std), each float32 of shape (bands, 1, 1): what broadcasts over a (bands, h, w)
+        window. The ONNX graph and the ONNX runner use the same numbers."""
         lo = np.asarray([s[0] for s in self.scale], dtype=np.float32)[:, None, None]
         hi = np.asarray([s[1] for s in self.scale], dtype=np.float32)[:, None, None]
-        scaled = np.clip((raw.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return lo, hi - lo, mean, std
+
+    def scaled(self, raw: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Raw values → 0..1; pixels not ``valid`` take each band's mean, which standardizes to 0."""
+        lo, span, mean, _ = self.columns()
+        scaled = np.clip((raw.astype(np.float32) - lo) / span, 0.0, 1.0)
         if valid is not None and not valid.all():
-            scaled = np.where(valid[None], scaled, np.asarray(self.mean, dtype=np.float32)[:, None, None])
+            scaled = np.where(valid[None], scaled, mean)
         return scaled
 
     def standardize(self, scaled: np.ndarray) -> np.ndarray:
-        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
-        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        _, _, mean, std = self.columns()
         return ((scaled - mean) / std).astype(np.float32)
 
     def to_json(self) -> dict:

@@ -18,7 +18,7 @@ from rasterio.enums import Resampling
 
 from geoseg.data.histogram import Histogram, wasserstein
 from geoseg.drift.confidence import LowConfidence
-from geoseg.io.raster import open_raster
+from geoseg.io.raster import finite_pixels, open_raster
 
 SAMPLE_PIXELS = 4_000_000
 DISTANCE_LIMIT = 1.0  # training sd; another scene by the same camera moves bands ~0.8 (new_brunswick tiles)
@@ -49,8 +49,7 @@ def sample_mosaic(path: Path, bands: list[int]) -> MosaicSample:
         data = ds.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.nearest)
         valid = ds.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
         dtype = np.dtype(ds.dtypes[0])
-    if dtype.kind == "f":  # the NaN rule, as read_window applies it
-        valid &= np.isfinite(data).all(axis=0)
+    valid &= finite_pixels(data)
     return MosaicSample(data[:, valid], dtype.kind in "ui")
 
 

@@ -158,12 +158,19 @@ def read_window(ds: rasterio.DatasetReader, bands: Sequence[int], window: Window
     if alpha is not None and not any(MaskFlags.alpha in flags for flags in ds.mask_flag_enums):
         # GDAL honours an alpha band only for Byte/UInt16 rasters; for other types apply it here
         inside &= ds.read(alpha, window=inner) > 0
-    if data.dtype.kind == "f":  # NaN and ±inf are nodata in any band, tagged or not (README: the NaN rule)
-        finite = np.isfinite(data)
-        inside &= finite[:, rows, cols].all(axis=0)
-        data[~finite] = 0
+    if data.dtype.kind == "f":
+        inside &= finite_pixels(data[:, rows, cols])
+        data[~np.isfinite(data)] = 0
     valid[rows, cols] = inside
     return data, valid
+
+
+def finite_pixels(data: np.ndarray) -> np.ndarray:
+    """The NaN rule (README, "How inputs are read"): of a (bands, h, w) array, the (h, w) pixels where every
+    band is finite. NaN or ±inf in any band makes a pixel nodata, tagged or not; integer data is all finite."""
+    if data.dtype.kind != "f":
+        return np.ones(data.shape[1:], dtype=bool)
+    return np.isfinite(data).all(axis=0)
 
 
 GDAL_CACHE_BYTES = 64 * 2**20

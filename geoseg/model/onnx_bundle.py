@@ -66,12 +66,8 @@ class OnnxNetwork(torch.nn.Module):
 
 
 def _denormalize(x: torch.Tensor, normalization: Normalization) -> torch.Tensor:
-    def column(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
-
-    lo = column([s[0] for s in normalization.scale])
-    span = column([s[1] for s in normalization.scale]) - lo
-    return lo + span * (x * column(normalization.std) + column(normalization.mean))
+    lo, span, mean, std = (torch.from_numpy(column[None]) for column in normalization.columns())
+    return lo + span * (x * std + mean)
 
 
 def load_onnx_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:

@@ -37,14 +37,8 @@ class RawInputNetwork(torch.nn.Module):
         super().__init__()
         self.network = network
 
-        def column(values: list[float]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
-
-        lo = column([s[0] for s in normalization.scale])
-        self.register_buffer("lo", lo)
-        self.register_buffer("span", column([s[1] for s in normalization.scale]) - lo)
-        self.register_buffer("mean", column(normalization.mean))
-        self.register_buffer("std", column(normalization.std))
+        for name, column in zip(("lo", "span", "mean", "std"), normalization.columns(), strict=True):
+            self.register_buffer(name, torch.from_numpy(column[None]))
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         scaled = ((raw - self.lo) / self.span).clamp(0.0, 1.0)
