@@ -613,6 +613,10 @@ def landscape(
         Path | None,
         typer.Option("--model", "-m", help="Take class names from this bundle. Default: the map's own table."),
     ] = None,
+    edges_png: Annotated[
+        Path | None,
+        typer.Option("--edges-png", help="Also draw the map with its class edges coloured convex/concave (PNG)."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
 ) -> None:
     """FRAGSTATS-style landscape metrics of a class map, computed by pylandstats.
@@ -621,14 +625,19 @@ def landscape(
     edge_density (m/ha), landscape_shape_index and largest_patch_index (%). Landscape level adds
     shannon_diversity_index. Patch level: area (ha), perimeter (m), perimeter_area_ratio, shape_index,
     fractal_dimension. Patches are 8-connected (FRAGSTATS' default). Nodata (255) is outside the landscape.
+    Class rows also give convex_edge_share and concave_edge_share: how much of each class's boundary bulges
+    out or curves in (turning of more than 5° over 10 px of edge each way; see the README).
 
     Example: geoseg landscape plot3_2025_classes.tif --by plots.gpkg --zone-field plot -o plot_metrics.csv
     """
-    from geoseg.landscape import UNITS, check_output, landscape_metrics, write_metrics
+    from geoseg.io.raster import ensure_writable
+    from geoseg.landscape import UNITS, check_output, landscape_metrics, write_edges_figure, write_metrics
     from geoseg.model.bundle import read_bundle_meta
 
     target = out or Path(f"{class_map.stem}_landscape.csv")
     check_output(target, overwrite)  # before the work, not after it
+    if edges_png is not None:
+        ensure_writable(edges_png, overwrite)
     classes = read_bundle_meta(model).classes if model is not None else None
     rows = landscape_metrics(class_map, level.value, classes, by, zone_field)
     if level != LandscapeLevel.patch:
@@ -641,6 +650,8 @@ def landscape(
             typer.echo(" ".join(cells + [f"{row[m]:18.6g}" for m in metrics]))
     write_metrics(rows, target, overwrite)
     typer.echo(f"metrics: {target} ({len(rows)} rows)")
+    if edges_png is not None:
+        typer.echo(f"edges: {write_edges_figure(class_map, edges_png, classes, overwrite)}")
 
 
 class ExportFormat(StrEnum):

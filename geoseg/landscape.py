@@ -1,9 +1,11 @@
 """`geoseg landscape`: FRAGSTATS-style metrics of a class map, computed by pylandstats and named by class.
 
 geoseg reads the map, checks it, and hands pylandstats the array with the pixel size in metres and 255 as
-nodata; pylandstats computes every metric (nothing here re-implements one). With zones (a polygon file and
-its id field), each zone's pixels (pixel centre inside the zone) are measured as a landscape of their own.
-The whole map is read into memory: one byte per pixel, plus pylandstats' own working arrays.
+nodata; pylandstats computes every metric (nothing here re-implements one). Class rows add geoseg's own
+boundary shape, the convex and concave shares of each class's edge length (``geoseg/boundary.py``). With
+zones (a polygon file and its id field), each zone's pixels (pixel centre inside the zone) are measured as a
+landscape of their own. The whole map is read into memory: one byte per pixel, plus pylandstats' own working
+arrays.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from geoseg.boundary import edge_shape, write_edges_png
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import InputError
-from geoseg.io.classmap import class_names
+from geoseg.io.classmap import class_names, read_class_table
 from geoseg.io.raster import GridSpec, atomic_path, ensure_writable, open_raster, verify_readable
 from geoseg.io.vector import rasterize_region, read_vector
 from geoseg.polygons import check_class_map, square_metres_factor
@@ -33,7 +36,7 @@ PATCH_METRICS = ("area", "perimeter", "perimeter_area_ratio", "shape_index", "fr
 UNITS = {"proportion_of_landscape": "%", "number_of_patches": "count", "area_mn": "ha", "edge_density": "m/ha",
          "landscape_shape_index": "", "largest_patch_index": "%", "shannon_diversity_index": "",
          "area": "ha", "perimeter": "m", "perimeter_area_ratio": "m/m²", "shape_index": "",
-         "fractal_dimension": ""}  # fmt: skip
+         "fractal_dimension": "", "convex_edge_share": "", "concave_edge_share": ""}  # fmt: skip
 
 
 def landscape_metrics(
@@ -105,8 +108,11 @@ def _metrics(values: np.ndarray, res: tuple[float, float], level: str, names: di
         return [{"class_id": None, "class": None, **{m: float(frame[m].iloc[0]) for m in LANDSCAPE_METRICS}}]
     if level == "class":
         frame = landscape.compute_class_metrics_df(metrics=list(CLASS_METRICS))
+        pixel_m = math.sqrt(res[0] * res[1])
         return [{"class_id": int(class_id), "class": names.get(int(class_id), str(class_id)),
-                 **{m: float(row[m]) for m in CLASS_METRICS}} for class_id, row in frame.iterrows()]  # fmt: skip
+                 **{m: float(row[m]) for m in CLASS_METRICS},
+                 **edge_shape(values, int(class_id), pixel_m).shares()}
+                for class_id, row in frame.iterrows()]  # fmt: skip
     frame = landscape.compute_patch_metrics_df(metrics=list(PATCH_METRICS))
     return [{"class_id": int(row["class_val"]), "class": names.get(int(row["class_val"]), str(row["class_val"])),
              "patch": int(patch), **{m: float(row[m]) for m in PATCH_METRICS}}
@@ -138,3 +144,15 @@ def write_metrics(rows: list[dict], out: Path, overwrite: bool) -> Path:
                 writer.writeheader()
                 writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in clean)
     return out
+
+
+def write_edges_figure(class_map: str | Path, out: Path, classes: Sequence[ClassSpec] | None, overwrite: bool) -> Path:
+    """A PNG of the map in its class colours with each class's edges coloured by shape (``geoseg/boundary.py``)."""
+    class_map = Path(class_map)
+    ensure_writable(out, overwrite)
+    specs = list(classes or read_class_table(class_map) or [])
+    with open_raster(class_map) as ds:
+        values = ds.read(1)
+        skip = {IGNORE_INDEX} | ({int(ds.nodata)} if ds.nodata is not None else set())
+    values = np.where(np.isin(values, list(skip)), IGNORE_INDEX, values).astype(np.uint8)
+    return write_edges_png(values, {c.id: c.color for c in specs}, out)

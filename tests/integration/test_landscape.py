@@ -46,10 +46,13 @@ def test_class_and_landscape_metrics_are_pylandstats_own_with_names(tmp_path: Pa
     path, ids = real_map
     expected = pylandstats.Landscape(ids, res=(0.5, 0.5), nodata=255)
     by_class = expected.compute_class_metrics_df(metrics=list(CLASS_METRICS))
-    run = landscape_cli(path, cwd=tmp_path)
+    run = landscape_cli(path, "--edges-png", "edges.png", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     with open(tmp_path / "tile1_landscape.csv") as stream:
         rows = list(csv.DictReader(stream))
+    assert (tmp_path / "edges.png").read_bytes()[:4] == b"\x89PNG"
+    shapes = [(float(r["convex_edge_share"]), float(r["concave_edge_share"])) for r in rows if r["convex_edge_share"]]
+    assert shapes and all(0 <= convex + concave <= 1 for convex, concave in shapes)
     assert [r["class"] for r in rows] == [SPECS[i - 1].name for i in by_class.index]
     for row in rows:
         for metric in CLASS_METRICS:
