@@ -23,9 +23,11 @@ from qgis.core import (
     QgsProcessingOutputBoolean,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
+    QgsProcessingOutputRasterLayer,
     QgsProcessingOutputString,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterFolderDestination,
@@ -37,6 +39,7 @@ from qgis.core import (
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
     QgsProcessingParameterVectorLayer,
+    QgsProcessingUtils,
     QgsVectorFileWriter,
     QgsVectorLayer,
 )
@@ -377,6 +380,113 @@ class TrainFromLayers(GeoSegAlgorithm):
         return {self.OUTPUT: out}
 
 
+class ChangeBetweenClassMaps(GeoSegAlgorithm):
+    BEFORE, AFTER, MODEL, OUTPUT, CHANGE_MAP, TRANSITIONS = (
+        "BEFORE", "AFTER", "MODEL", "OUTPUT", "CHANGE_MAP", "TRANSITIONS"
+    )  # fmt: skip
+
+    def name(self) -> str:
+        return "change"
+
+    def displayName(self) -> str:
+        return "Change between class maps"
+
+    def shortHelpString(self) -> str:
+        return (
+            "What changed between two surveys of the same place: the later class map is read onto the earlier "
+            "one's grid (nearest neighbour) and only pixels valid in both count. Writes into the output folder a "
+            "transition matrix (transitions.csv in pixels, m² and ha; transitions.json with gain, loss, net change "
+            "and persistence per class), a change map (change.tif: unchanged pixels grey, changed ones in the "
+            "colour of their new class) and a chart (change.png). The change map and the table load as layers."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Earlier class map"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "Later class map"))
+        self.addParameter(_model_parameter(self.MODEL, optional=True))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Output folder"))
+        self.addOutput(QgsProcessingOutputRasterLayer(self.CHANGE_MAP, "Change map"))
+        self.addOutput(QgsProcessingOutputFile(self.TRANSITIONS, "Transitions (CSV)"))
+
+    def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict:
+        before = _file_source(self.parameterAsRasterLayer(parameters, self.BEFORE, context), "Earlier class map")
+        after = _file_source(self.parameterAsRasterLayer(parameters, self.AFTER, context), "Later class map")
+        model_value = self.parameterAsFile(parameters, self.MODEL, context)
+        out = os.path.normpath(self.parameterAsString(parameters, self.OUTPUT, context))
+        if os.path.isdir(out) and os.listdir(out):
+            raise QgsProcessingException(f"Output folder: {out} is not empty; choose a new or empty folder")
+        with _Staging(out) as staging:
+            args = ["change", before, after, "--out-dir", str(staging.folder / "change")]
+            if model_value:
+                args += ["--model", bundle_path(model_value)]
+            self.run_geoseg(args, feedback)
+            staging.publish_folder("change", out)
+        change_map, table = os.path.join(out, "change.tif"), os.path.join(out, "transitions.csv")
+        _load_on_completion(context, change_map, "change map", self.CHANGE_MAP)
+        _load_on_completion(context, table, "transitions", self.TRANSITIONS)
+        return {self.OUTPUT: out, self.CHANGE_MAP: change_map, self.TRANSITIONS: table}
+
+
+class LandscapeMetrics(GeoSegAlgorithm):
+    INPUT, MODEL, LEVEL, ZONES, ZONE_FIELD, OUTPUT = "INPUT", "MODEL", "LEVEL", "ZONES", "ZONE_FIELD", "OUTPUT"
+    LEVELS: ClassVar[list[str]] = ["class", "landscape", "patch"]
+
+    def name(self) -> str:
+        return "landscape"
+
+    def displayName(self) -> str:
+        return "Landscape metrics"
+
+    def shortHelpString(self) -> str:
+        return (
+            "FRAGSTATS-style metrics of a class map, computed by pylandstats: per class the cover, number of "
+            "patches, mean patch area (ha), edge density (m/ha), landscape shape index, largest patch index, and "
+            "the convex and concave shares of its edges; or the whole landscape (with Shannon diversity), or each "
+            "patch. With zones (plots), each zone is measured on its own. The class map needs a projected CRS. "
+            "The table loads as a layer."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Class map"))
+        self.addParameter(_model_parameter(self.MODEL, optional=True))
+        self.addParameter(QgsProcessingParameterEnum(self.LEVEL, "Level", self.LEVELS, False, 0))
+        polygons = [QgsProcessing.TypeVectorPolygon]
+        self.addParameter(QgsProcessingParameterVectorLayer(self.ZONES, "Zones (plots)", polygons, optional=True))
+        self.addParameter(
+            QgsProcessingParameterField(
+                self.ZONE_FIELD, "Zone name field", parentLayerParameterName=self.ZONES, optional=True
+            )
+        )
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, "Metrics", "CSV files (*.csv)"))
+
+    def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict:
+        source = _file_source(self.parameterAsRasterLayer(parameters, self.INPUT, context), "Class map")
+        out = _destination(self.parameterAsFileOutput(parameters, self.OUTPUT, context), ".csv", "Metrics")
+        model_value = self.parameterAsFile(parameters, self.MODEL, context)
+        zones = self.parameterAsVectorLayer(parameters, self.ZONES, context)
+        field = self.parameterAsString(parameters, self.ZONE_FIELD, context).strip()
+        if zones is not None and not field:
+            raise QgsProcessingException("Zone name field: choose the field that names each zone")
+        with _Staging(out) as staging:
+            args = ["landscape", source, "--out", str(staging.folder / "metrics.csv"),
+                    "--level", self.LEVELS[self.parameterAsEnum(parameters, self.LEVEL, context)]]  # fmt: skip
+            if model_value:
+                args += ["--model", bundle_path(model_value)]
+            if zones is not None:
+                args += ["--by", staging.export_polygons(zones, context), "--zone-field", field]
+            self.run_geoseg(args, feedback)
+            staging.publish("metrics.csv", out)
+        _load_on_completion(context, out, "landscape metrics", self.OUTPUT)
+        return {self.OUTPUT: out}
+
+
+def _load_on_completion(context: QgsProcessingContext, path: str, name: str, output: str) -> None:
+    """Add ``path`` (a raster, or a CSV table) to the project when the algorithm ends, as Processing does."""
+    hint = QgsProcessingUtils.LayerHint.Raster if path.endswith(".tif") else QgsProcessingUtils.LayerHint.Vector
+    details = QgsProcessingContext.LayerDetails(name, context.project(), output, hint)
+    context.addLayerToLoadOnCompletion(path, details)
+
+
 def parse_classes(text: str) -> dict[str, str]:
     """``1=bare soil, 2=crust`` (or one ``value: name`` a line) as the config's value -> name mapping."""
     classes: dict[str, str] = {}
@@ -539,6 +649,7 @@ class _Staging:
 
 
 ALGORITHMS: list[type[GeoSegAlgorithm]] = [
-    SegmentRaster, VectorizeClassRaster, EvaluateAgainstLabels, TrainFromLayers, CheckDrift
+    SegmentRaster, VectorizeClassRaster, EvaluateAgainstLabels, TrainFromLayers, CheckDrift, ChangeBetweenClassMaps,
+    LandscapeMetrics,
 ]  # fmt: skip
 __all__ = ["ALGORITHMS", "BundleClass"]

@@ -305,3 +305,52 @@ def test_train_needs_classes_for_raster_labels(provider, mosaic: Path, tmp_path:
         processing.run("geoseg:train", {"IMAGES": [str(mosaic)], "LABELS": str(labels), "CLASSES": "background",
                                         "OUTPUT": str(tmp_path / "m")})  # fmt: skip
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
+
+
+def test_change_between_class_maps_loads_the_change_map_and_its_table(segmented, provider, tmp_path: Path) -> None:
+    """A class map against itself: every transition is persistence; the change map and table load as layers."""
+    project = QgsProject.instance()
+    classes = segmented["results"]["OUTPUT"]
+    try:
+        results = processing.runAndLoadResults(
+            "geoseg:change", {"BEFORE": classes, "AFTER": classes, "OUTPUT": str(tmp_path / "change")}
+        )
+        document = json.loads((tmp_path / "change" / "transitions.json").read_text())
+        pixels = document["pixels"]
+        assert sum(map(sum, pixels)) == sum(pixels[i][i] for i in range(len(pixels))) > 0
+        [change_map] = project.mapLayersByName("change map")
+        [table] = project.mapLayersByName("transitions")
+        assert change_map.renderer().type() == "paletted"  # the colour table geoseg wrote
+        assert table.featureCount() == len(pixels) ** 2
+        assert results["CHANGE_MAP"].endswith("change.tif")
+        del change_map, table
+    finally:
+        project.removeAllMapLayers()
+    assert leftovers(tmp_path) == []
+
+
+def test_landscape_metrics_per_zone_from_a_memory_layer(segmented, provider, tmp_path: Path) -> None:
+    """Two plots drawn in QGIS (a memory layer): one block of rows per plot, in the table that loads."""
+    classes = QgsRasterLayer(segmented["results"]["OUTPUT"], "classes")
+    extent = classes.extent()
+    middle = (extent.xMinimum() + extent.xMaximum()) / 2
+    plots = QgsVectorLayer(f"Polygon?crs={classes.crs().authid()}&field=plot:string", "plots", "memory")
+    for name, box in (
+        ("west", QgsRectangle(extent.xMinimum(), extent.yMinimum(), middle, extent.yMaximum())),
+        ("east", QgsRectangle(middle, extent.yMinimum(), extent.xMaximum(), extent.yMaximum())),
+    ):
+        feature = QgsFeature(plots.fields())
+        feature.setAttribute("plot", name)
+        feature.setGeometry(QgsGeometry.fromRect(box))
+        plots.dataProvider().addFeature(feature)
+    results = processing.run(
+        "geoseg:landscape",
+        {"INPUT": segmented["results"]["OUTPUT"], "ZONES": plots, "ZONE_FIELD": "plot",
+         "OUTPUT": str(tmp_path / "metrics.csv")},
+    )  # fmt: skip
+    table = QgsVectorLayer(results["OUTPUT"], "metrics", "ogr")
+    zones = {f["zone"] for f in table.getFeatures()}
+    assert zones == {"west", "east"}
+    assert "edge_density" in table.fields().names() and "convex_edge_share" in table.fields().names()
+    del table, plots, classes
+    assert leftovers(tmp_path) == []

@@ -13,7 +13,15 @@ from qgis.core import Qgis, QgsApplication
 
 from conftest import REPO
 
-ALGORITHMS = {"geoseg:segment", "geoseg:vectorize", "geoseg:evaluate", "geoseg:train", "geoseg:drift"}
+ALGORITHMS = {
+    "geoseg:segment",
+    "geoseg:vectorize",
+    "geoseg:evaluate",
+    "geoseg:train",
+    "geoseg:drift",
+    "geoseg:change",
+    "geoseg:landscape",
+}
 
 
 @pytest.fixture(scope="module")
