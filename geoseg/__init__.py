@@ -1,7 +1,7 @@
 """geoseg: geospatial raster segmentation toolkit.
 
-The Python API (``load_model``, ``segment``, ``vectorize``; see ``geoseg.api``) is imported on first
-use, so ``import geoseg`` and the command line stay quick.
+The Python API (``load_model``, ``segment``, ``vectorize``, ``change``, ``landscape``; see ``geoseg.api``)
+is imported on first use, so ``import geoseg`` and the command line stay quick.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 from geoseg._version import __version__
 
-__all__ = ["Model", "__version__", "load_model", "segment", "vectorize"]
+__all__ = ["Model", "__version__", "change", "landscape", "load_model", "segment", "vectorize"]
 
-_API = frozenset({"Model", "load_model", "segment", "vectorize"})
+_API = frozenset({"Model", "change", "landscape", "load_model", "segment", "vectorize"})
 
 if TYPE_CHECKING:
-    from geoseg.api import Model, load_model, segment, vectorize
+    from geoseg.api import Model, change, landscape, load_model, segment, vectorize
 
 
 def __getattr__(name: str) -> object:

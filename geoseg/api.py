@@ -20,6 +20,7 @@ the coordinates.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, overload
@@ -35,10 +36,12 @@ from geoseg.infer.block import ModelSource, cached_bundle
 from geoseg.infer.engine import InferenceSpec
 from geoseg.infer.lazy import segment_array
 from geoseg.infer.settings import default_batch_size, resolve_precision, window_size
+from geoseg.io.classmap import CLASSES_TAG
 from geoseg.model.bundle import BundleMeta, bundle_version
 
 if TYPE_CHECKING:
     import geopandas as gpd
+    import pandas as pd
     import torch
     import xarray as xr
 
@@ -215,14 +218,7 @@ def vectorize(
     """
     from geoseg.polygons import class_map_polygons
 
-    if classes.ndim != 2:
-        raise ArrayError(f"vectorize expects a (y, x) class map, got dims {classes.dims}")
-    if classes.rio.crs is None:
-        raise ArrayError("the class map has no CRS; set one with classes.rio.write_crs('EPSG:…')")
-    if classes.dtype not in (np.uint8, np.uint16):
-        raise ArrayError(f"a class map holds uint8 class ids, not {classes.dtype}")
-    y_dim, x_dim = classes.rio.y_dim, classes.rio.x_dim
-    values = np.asarray(classes.transpose(y_dim, x_dim).values)
+    values = _class_map_values(classes, "vectorize")
     nodata = classes.rio.nodata
     return class_map_polygons(
         values,
@@ -299,3 +295,83 @@ def _class_attrs(classes: list[ClassSpec]) -> dict[str, object]:
         "flag_values": [c.id for c in classes],
         "flag_meanings": " ".join(c.name.replace(" ", "_") for c in classes),
     }
+
+
+def change(before: xr.DataArray, after: xr.DataArray, model: Model | None = None) -> pd.DataFrame:
+    """Pixels going from each class of ``before`` to each class of ``after``, as `geoseg change` counts them.
+
+    ``after`` is read onto ``before``'s grid with nearest neighbour (rioxarray's ``reproject_match``) and
+    only pixels valid in both count. Rows are the earlier classes, columns the later ones, named by
+    ``model``'s classes, else by id. Both maps are held in memory (one byte a pixel); for larger maps write
+    them with ``to_raster`` and run `geoseg change`.
+    """
+    import pandas as pd
+    from rasterio.enums import Resampling
+
+    first = _class_map_values(before, "change")
+    second_da = after.rio.reproject_match(before, resampling=Resampling.nearest, nodata=IGNORE_INDEX)
+    second = _class_map_values(second_da, "change")
+    valid = (first != _nodata_id(before)) & (second != _nodata_id(second_da)) & (first != IGNORE_INDEX)
+    valid &= second != IGNORE_INDEX
+    counts = np.bincount(first[valid].astype(np.int64) * 256 + second[valid], minlength=256 * 256).reshape(256, 256)
+    names = _class_names(before, model)
+    ids = sorted(set(names) | set(np.flatnonzero(counts.sum(axis=1))) | set(np.flatnonzero(counts.sum(axis=0))))
+    labels = [names.get(int(i), str(int(i))) for i in ids]
+    return pd.DataFrame(counts[np.ix_(ids, ids)], index=pd.Index(labels, name="from"),
+                        columns=pd.Index(labels, name="to"))  # fmt: skip
+
+
+def landscape(classes: xr.DataArray, model: Model | None = None, level: str = "class") -> pd.DataFrame:
+    """`geoseg landscape`'s metrics (pylandstats', plus the edge shape shares at class level) of a class map.
+
+    ``level`` is class, landscape or patch. The map needs a projected CRS; it is held in memory.
+    """
+    import pandas as pd
+
+    from geoseg.landscape import LEVELS, array_metrics
+    from geoseg.polygons import square_metres_factor
+
+    if level not in LEVELS:
+        raise ArrayError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
+    values = _class_map_values(classes, "landscape")
+    to_m2 = square_metres_factor(classes.rio.crs)
+    if to_m2 is None:
+        raise ArrayError("the class map has no projected CRS, so patch areas and edges have no metres; "
+                         "reproject it (classes.rio.reproject('EPSG:…'))")  # fmt: skip
+    nodata = _nodata_id(classes)
+    values = np.where(values == nodata, IGNORE_INDEX, values).astype(np.uint8)
+    if not (values != IGNORE_INDEX).any():
+        raise ArrayError("the class map has no valid (classified) pixel; nothing to measure")
+    x_res, y_res = classes.rio.resolution()
+    scale = float(np.sqrt(to_m2))
+    names = _class_names(classes, model)
+    return pd.DataFrame(array_metrics(values, (abs(x_res) * scale, abs(y_res) * scale), level, names))
+
+
+def _class_map_values(classes: xr.DataArray, job: str) -> np.ndarray:
+    """The (y, x) class ids of a class map DataArray, checked and in memory."""
+    import rioxarray  # noqa: F401  (registers ``.rio``)
+
+    if classes.ndim != 2:
+        raise ArrayError(f"{job} expects a (y, x) class map, got dims {classes.dims}")
+    if classes.rio.crs is None:
+        raise ArrayError("the class map has no CRS; set one with classes.rio.write_crs('EPSG:…')")
+    if classes.dtype not in (np.uint8, np.uint16):
+        raise ArrayError(f"a class map holds uint8 class ids, not {classes.dtype}")
+    y_dim, x_dim = classes.rio.y_dim, classes.rio.x_dim
+    return np.asarray(classes.transpose(y_dim, x_dim).values)
+
+
+def _class_names(classes: xr.DataArray, model: Model | None) -> dict[int, str]:
+    """Names from ``model``, else from the class table a geoseg class map carries (rioxarray keeps it in attrs)."""
+    if model is not None:
+        return {c.id: c.name for c in model.classes}
+    try:
+        return {int(c["id"]): str(c["name"]) for c in json.loads(classes.attrs.get(CLASSES_TAG, "[]"))}
+    except (ValueError, TypeError, KeyError):
+        return {}
+
+
+def _nodata_id(classes: xr.DataArray) -> int:
+    nodata = classes.rio.nodata
+    return int(nodata) if nodata is not None and float(nodata).is_integer() else IGNORE_INDEX

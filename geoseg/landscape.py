@@ -77,7 +77,7 @@ def landscape_metrics(
     rows = []
     for zone, part in parts:
         if (part != IGNORE_INDEX).any():
-            rows += [{"zone": zone, **row} for row in _metrics(part, res, level, names)]
+            rows += [{"zone": zone, **row} for row in array_metrics(part, res, level, names)]
     if not rows:
         where = "in any zone" if zones is not None else "anywhere"
         raise InputError(f"has no valid (classified) pixel {where}; nothing to measure", class_map)
@@ -99,7 +99,8 @@ def _zone_parts(zones: Path, field: str | None, grid: GridSpec, values: np.ndarr
     return parts
 
 
-def _metrics(values: np.ndarray, res: tuple[float, float], level: str, names: dict[int, str]) -> list[dict]:
+def array_metrics(values: np.ndarray, res: tuple[float, float], level: str, names: dict[int, str]) -> list[dict]:
+    """The rows of ``landscape_metrics`` for one (rows, columns) uint8 array; ``res`` the pixel size in metres."""
     import pylandstats
 
     landscape = pylandstats.Landscape(values, res=res, nodata=IGNORE_INDEX)

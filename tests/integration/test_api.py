@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -181,6 +182,37 @@ def test_vectorize_gives_the_polygons_geoseg_vectorize_writes(tmp_path: Path, su
         mine = shapely.union_all(frame.geometry[frame.class_id == class_id].values)
         theirs = shapely.union_all(expected.geometry[expected.class_id == class_id].values)
         assert mine.symmetric_difference(theirs).area == pytest.approx(0.0, abs=1e-9)
+
+
+def test_change_and_landscape_of_class_map_arrays_are_the_commands_numbers(survey_cli, tmp_path: Path) -> None:
+    """``geoseg.change`` counts what `geoseg change` counts (here against a copy with a known patch changed,
+    on a grid twice as coarse), and ``geoseg.landscape`` gives pylandstats' metrics, named from the map's
+    own class table."""
+    import pylandstats
+
+    classes = rioxarray.open_rasterio(survey_cli[0]).squeeze("band", drop=True)
+    ids = classes.values
+    changed = classes.copy(data=np.where(np.arange(ids.shape[0])[:, None] < 64, np.uint8(3), ids))
+    matrix = geoseg.change(classes, changed)
+    table = {c["id"]: c["name"] for c in json.loads(classes.attrs["GEOSEG_CLASSES"])}
+    assert list(matrix.index) == [table[i] for i in sorted(set(np.unique(ids)) - {255})]
+    valid = ids != 255
+    after = np.where(np.arange(ids.shape[0])[:, None] < 64, 3, ids)
+    for a in sorted(set(np.unique(ids)) - {255}):
+        for b in sorted(set(np.unique(ids)) - {255}):
+            assert matrix.loc[table[a], table[b]] == int(((ids == a) & (after == b) & valid).sum())
+    coarse = classes.rio.reproject(classes.rio.crs, resolution=2 * abs(classes.rio.resolution()[0]),
+                                   resampling=rasterio.enums.Resampling.nearest)  # fmt: skip
+    on_fine_grid = geoseg.change(classes, coarse).to_numpy()  # the coarse map read onto the finer grid
+    assert 0.99 * valid.sum() <= on_fine_grid.sum() <= valid.sum() and np.trace(on_fine_grid) > 0.5 * valid.sum()
+    metrics = geoseg.landscape(classes)
+    res = abs(classes.rio.resolution()[0])
+    expected = pylandstats.Landscape(np.where(valid, ids, 255).astype(np.uint8), res=(res, res), nodata=255)
+    reference = expected.compute_class_metrics_df(metrics=["number_of_patches", "edge_density"])
+    for _, row in metrics.iterrows():
+        assert row["class"] == table[row["class_id"]]
+        assert row["number_of_patches"] == reference.loc[row["class_id"], "number_of_patches"]
+        assert row["edge_density"] == pytest.approx(reference.loc[row["class_id"], "edge_density"])
 
 
 @pytest.mark.parametrize(
