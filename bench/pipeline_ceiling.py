@@ -1,0 +1,188 @@
+"""The pipeline's ceiling: `geoseg infer` with the network swapped for a 1×1 convolution (issue 13).
+
+    python bench/pipeline_ceiling.py --size 4096 --workers 2
+
+What is left when the network costs (almost) nothing is the pipeline: reading and decoding, normalizing,
+cutting windows into batches, softmax, blending and fixed-point accumulation, assembling and writing,
+overviews, then polygons and areas. In one process, side by side:
+
+1. **I/O floor**: rasterio reads the mosaic in 1024² blocks and writes a tiled, deflate-compressed uint8
+   raster of its size with overviews (what any tool must do);
+2. **ceiling run**: `segment_mosaic` (class map only) with the bundle's network replaced in the worker
+   cache by a 1×1 convolution of the same input and output channels, `--workers W` threads, timed;
+3. **profiled run**: the same on the synchronous scheduler under cProfile, and the polygons and areas
+   after it, split into stages by the functions that do each stage (cumulative times; cProfile slows
+   Python-heavy stages more than NumPy/GDAL-heavy ones, so read the shares as an upper bound for Python).
+
+Prints a markdown table for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import platform
+import pstats
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from infer_bench import ensure_mosaic, make_bundle  # noqa: E402
+
+BLOCK = ("infer/assemble.py", "block_contribution")  # one block's windows: read, normalize, forward, blend
+
+
+class PointwiseNet:
+    """Built lazily so importing this file does not import torch."""
+
+    @staticmethod
+    def make(in_channels: int, classes: int):
+        import torch
+
+        class Pointwise(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv = torch.nn.Conv2d(in_channels, classes, 1)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.conv(x)
+
+        return Pointwise().eval()
+
+
+def swap_network(bundle: Path) -> None:
+    """Load the bundle into the worker cache as geoseg's workers do, then replace its network."""
+    import torch
+
+    from geoseg.infer.block import cached_bundle
+    from geoseg.model.bundle import bundle_version
+
+    held = cached_bundle(str(bundle.resolve()), "cpu", bundle_version(bundle))
+    held.model = PointwiseNet.make(len(held.meta.bands), len(held.meta.classes)).to(memory_format=torch.channels_last)
+
+
+def io_floor(mosaic: Path, out: Path) -> float:
+    import numpy as np
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    start = time.perf_counter()
+    with rasterio.open(mosaic) as src:
+        profile = {"driver": "GTiff", "width": src.width, "height": src.height, "count": 1, "dtype": "uint8",
+                   "crs": src.crs, "transform": src.transform, "tiled": True, "blockxsize": 256, "blockysize": 256,
+                   "compress": "deflate"}  # fmt: skip
+        with rasterio.open(out, "w", **profile) as dst:
+            for row in range(0, src.height, 1024):
+                for col in range(0, src.width, 1024):
+                    window = Window(col, row, min(1024, src.width - col), min(1024, src.height - row))
+                    data = src.read(window=window)
+                    dst.write(data[0].astype(np.uint8), 1, window=window)
+            factors = [f for f in (2, 4, 8, 16, 32, 64, 128) if min(src.width, src.height) // f >= 64]
+            dst.build_overviews(factors, Resampling.mode)
+    return time.perf_counter() - start
+
+
+def segment(mosaic: Path, bundle: Path, out: Path, scheduler: str, workers: int) -> float:
+    from geoseg.infer.run import InferOptions, segment_mosaic
+    from geoseg.progress import Progress, ProgressMode
+
+    options = InferOptions(scheduler=scheduler, workers=workers, precision="fp32", tta=False)
+    start = time.perf_counter()
+    segment_mosaic(mosaic, bundle, out, options, overwrite=True, progress=Progress(ProgressMode.none))
+    return time.perf_counter() - start
+
+
+def stage_seconds(profile: cProfile.Profile) -> dict[str, float]:
+    """Seconds per stage: a function's cumulative time, counted only where the stage's caller calls it."""
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+
+    def total(suffix: str, name: str) -> float:
+        return sum(v[3] for (file, _, fn), v in stats.items() if file.endswith(suffix) and fn == name)
+
+    def called_by(suffix: str, name: str, caller: tuple[str, str]) -> float:
+        seconds = 0.0
+        for (file, _, fn), (_, _, _, _, callers) in stats.items():
+            if file.endswith(suffix) and fn == name:
+                seconds += sum(v[3] for (cf, _, cn), v in callers.items() if cf.endswith(caller[0]) and cn == caller[1])
+        return seconds
+
+    read = called_by("infer/parallel.py", "read", BLOCK)  # run_block's reader: read_window and its padding
+    normalize = called_by("data/preprocess.py", "apply", BLOCK)
+    windows = called_by("infer/engine.py", "forward_windows", BLOCK)
+    network = total("pipeline_ceiling.py", "forward")
+    return {
+        "read + decode": read,
+        "normalize": normalize,
+        "network (1×1 conv)": network,
+        "batching, softmax, copies": windows - network,
+        "blend + fixed-point accumulate": total(*BLOCK) - read - normalize - windows,
+        "assemble + write blocks": total("infer/run.py", "add"),
+        "overviews": total("io/classmap.py", "_overviews"),
+        "polygons": total("polygons.py", "vectorize_class_map"),
+        "areas": total("polygons.py", "class_areas"),
+    }
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    return platform.processor()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "pipeline")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    mosaic = ensure_mosaic(out / f"mosaic_{args.size}.tif", args.size)
+    bundle = make_bundle(out / "bundle_resnet18", "resnet18")
+    swap_network(bundle)
+    pixels = args.size * args.size / 1e6
+
+    floor = io_floor(mosaic, out / "floor.tif")
+    ceiling = segment(mosaic, bundle, out / "classes.tif", "threads", args.workers)
+
+    from geoseg.polygons import class_areas, vectorize_class_map
+
+    profile = cProfile.Profile()
+    start = time.perf_counter()
+    profile.enable()
+    segment(mosaic, bundle, out / "classes_profiled.tif", "sync", 1)
+    vectorize_class_map(out / "classes_profiled.tif", out / "polygons.gpkg", overwrite=True)
+    class_areas(out / "classes_profiled.tif")
+    profile.disable()
+    profiled = time.perf_counter() - start
+    stages = stage_seconds(profile)
+
+    print(f"{args.size}² uint8 RGB mosaic ({pixels:.1f} Mpx), {cpu_name()}, torch {torch.__version__}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")  # fmt: skip
+    print("| run | seconds | Mpx/s | Mpx/s per worker | × I/O floor |\n|---|---|---|---|---|")
+    print(f"| I/O floor (read 1024² blocks, write tiled deflate uint8 + overviews) | {floor:.1f} | "
+          f"{pixels / floor:.2f} | – | 1.00 |")  # fmt: skip
+    print(f"| `geoseg infer` class map, 1×1-conv network, threads × {args.workers} | {ceiling:.1f} | "
+          f"{pixels / ceiling:.2f} | {pixels / ceiling / args.workers:.2f} | {ceiling / floor:.2f} |\n")  # fmt: skip
+    print(f"Profiled (synchronous, one worker, cProfile; class map then polygons and areas): {profiled:.1f} s\n")
+    print("| stage | seconds | share |\n|---|---|---|")
+    accounted = 0.0
+    for stage, seconds in stages.items():
+        accounted += seconds
+        print(f"| {stage} | {seconds:.1f} | {100 * seconds / profiled:.0f} % |")
+    print(f"| other (planning, drift check, imports, scheduling) | {profiled - accounted:.1f} | "
+          f"{100 * (profiled - accounted) / profiled:.0f} % |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
