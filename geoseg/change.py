@@ -21,12 +21,14 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
+from shapely.geometry.base import BaseGeometry
 
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import InputError
 from geoseg.io.classmap import hex_rgba, read_class_table
-from geoseg.io.raster import atomic_path, ensure_writable, open_raster, verify_readable
-from geoseg.polygons import check_class_map, class_areas, square_metres_factor
+from geoseg.io.raster import GridSpec, atomic_path, ensure_writable, open_raster, verify_readable
+from geoseg.io.vector import aoi_geometry, inside_window
+from geoseg.polygons import check_class_map, square_metres_factor
 
 NO_CHANGE_CODE = 65535  # the change map's nodata: a pixel not valid in both maps
 ROWS_PER_STRIP = 512
@@ -70,11 +72,12 @@ def pair_folder(out_dir: Path, index: int) -> Path:
 
 
 def compare_series(maps: list[Path], out_dir: Path, classes: list[ClassSpec] | None = None,
-                   overwrite: bool = False) -> SeriesResult:  # fmt: skip
+                   overwrite: bool = False, aoi: Path | None = None) -> SeriesResult:  # fmt: skip
     """Transitions for each consecutive pair of ``maps`` (in date order) and the cover per class per date.
 
     Two maps write their pair's outputs straight into ``out_dir``; three or more write each pair into
-    ``pair_folder(out_dir, k)`` and the cover table and chart into ``out_dir``.
+    ``pair_folder(out_dir, k)`` and the cover table and chart into ``out_dir``. With ``aoi`` (a polygon
+    file, any CRS), only pixels whose centre lies inside it count, in the transitions and the cover alike.
     """
     maps = [Path(m) for m in maps]
     if len(maps) < 2:
@@ -90,29 +93,51 @@ def compare_series(maps: list[Path], out_dir: Path, classes: list[ClassSpec] | N
         with open_raster(path) as ds:
             check_class_map(ds, path)
     specs = classes or _shared_class_table(maps)
-    pairs = [compare_maps(a, b, pair_folder(out_dir, k) if series else out_dir, specs, overwrite)
+    pairs = [compare_maps(a, b, pair_folder(out_dir, k) if series else out_dir, specs, overwrite, aoi)
              for k, (a, b) in enumerate(itertools.pairwise(maps))]  # fmt: skip
-    cover = cover_rows(maps, pairs[0].classes)
+    every_class = {spec.id: spec for pair in pairs for spec in pair.classes}
+    cover = cover_rows(maps, [every_class[i] for i in sorted(every_class)], aoi)
     if series:
         _write_cover(cover, outputs)
     return SeriesResult(pairs, cover, outputs)
 
 
-def cover_rows(maps: list[Path], classes: list[ClassSpec]) -> list[dict]:
-    """Per date and class: pixels, percent of that map's valid pixels, m² and ha (None where not projected)."""
+def cover_rows(maps: list[Path], classes: list[ClassSpec], aoi: Path | None = None) -> list[dict]:
+    """Per date and class: pixels, percent of that map's valid pixels (inside ``aoi`` if given), m² and ha
+    (None where not projected)."""
     rows = []
     for date, path in enumerate(maps, start=1):
-        areas = class_areas(path, classes)
-        for row in areas["classes"]:
-            rows.append({"date": date, "map": str(path), "class_id": row["class_id"], "name": row["name"],
-                         "pixels": row["pixels"], "percent": row["percent"], "m2": row["area_m2"],
-                         "ha": row["area_ha"]})  # fmt: skip
+        counts, pixel_m2 = _class_counts(path, aoi)
+        valid = max(int(counts.sum()), 1)
+        for spec in classes:
+            pixels = int(counts[spec.id])
+            rows.append({"date": date, "map": str(path), "class_id": spec.id, "name": spec.name, "pixels": pixels,
+                         "percent": 100 * pixels / valid, "m2": pixels * pixel_m2 if pixel_m2 else None,
+                         "ha": pixels * pixel_m2 / 10_000 if pixel_m2 else None})  # fmt: skip
     return rows
 
 
+def _class_counts(path: Path, aoi: Path | None) -> tuple[np.ndarray, float | None]:
+    """Pixels per class id (256) over the valid pixels (inside ``aoi``), streamed; and m² per pixel."""
+    counts = np.zeros(256, dtype=np.int64)
+    with open_raster(path) as ds:
+        grid = GridSpec(ds.crs, ds.transform, ds.width, ds.height)
+        area = aoi_geometry(aoi, grid, path) if aoi is not None else None
+        for window in _strips(ds.height, ds.width):
+            values = ds.read(1, window=window)
+            keep = (values != IGNORE_INDEX) & _not_nodata(values, ds)
+            if area is not None:
+                keep &= inside_window(area, grid, window)
+            counts += np.bincount(values[keep], minlength=256)[:256]
+        to_m2 = square_metres_factor(ds.crs)
+        pixel_m2 = abs(ds.transform.determinant) * to_m2 if to_m2 else None
+    return counts, pixel_m2
+
+
 def compare_maps(before: Path, after: Path, out_dir: Path, classes: list[ClassSpec] | None = None,
-                 overwrite: bool = False) -> ChangeResult:  # fmt: skip
-    """The transition matrix of ``before`` → ``after`` and the change map, written into ``out_dir``."""
+                 overwrite: bool = False, aoi: Path | None = None) -> ChangeResult:  # fmt: skip
+    """The transition matrix of ``before`` → ``after`` and the change map, written into ``out_dir``; with
+    ``aoi``, only pixels inside it count (and the change map is nodata outside it)."""
     before, after = Path(before), Path(after)
     outputs = {key: out_dir / name for key, name in OUTPUT_NAMES.items()}
     for path in outputs.values():
@@ -125,7 +150,9 @@ def compare_maps(before: Path, after: Path, out_dir: Path, classes: list[ClassSp
     with open_raster(before) as first:
         to_m2 = square_metres_factor(first.crs)
         pixel_area = abs(first.transform.a * first.transform.e - first.transform.b * first.transform.d)
-        counts = _count_and_write(first, after, outputs["map"], specs)
+        grid = GridSpec(first.crs, first.transform, first.width, first.height)
+        area = aoi_geometry(aoi, grid, before) if aoi is not None else None
+        counts = _count_and_write(first, after, outputs["map"], specs, area)
     square = counts.reshape(256, 256)
     specs = _with_unlisted_ids(specs, square)
     ids = [s.id for s in specs]
@@ -136,7 +163,8 @@ def compare_maps(before: Path, after: Path, out_dir: Path, classes: list[ClassSp
     return result
 
 
-def _count_and_write(first: rasterio.DatasetReader, after: Path, target: Path, specs: list[ClassSpec]) -> np.ndarray:
+def _count_and_write(first: rasterio.DatasetReader, after: Path, target: Path, specs: list[ClassSpec],
+                     area: BaseGeometry | None = None) -> np.ndarray:  # fmt: skip
     """Transition counts (256 × 256 ids, flat) over pixels valid in both, and the change map written strip by
     strip: code from_id × 256 + to_id, NO_CHANGE_CODE where either map is nodata."""
     profile = {"driver": "GTiff", "width": first.width, "height": first.height, "count": 1, "dtype": "uint16",
@@ -147,6 +175,8 @@ def _count_and_write(first: rasterio.DatasetReader, after: Path, target: Path, s
         for window in _strips(first.height, first.width):
             a, b = first.read(1, window=window), second.read(1, window=window)
             valid = (a != IGNORE_INDEX) & (b != IGNORE_INDEX) & _not_nodata(a, first) & _not_nodata(b, second)
+            if area is not None:
+                valid &= inside_window(area, GridSpec(first.crs, first.transform, first.width, first.height), window)
             code = a.astype(np.uint16) * 256 + b
             counts += np.bincount(code[valid], minlength=256 * 256)
             out.write(np.where(valid, code, NO_CHANGE_CODE).astype(np.uint16), 1, window=window)

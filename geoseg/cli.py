@@ -550,6 +550,10 @@ def change(
         Path | None,
         typer.Option("--model", "-m", help="Take class names from this bundle. Default: the maps' own tables."),
     ] = None,
+    aoi: Annotated[
+        Path | None,
+        typer.Option("--aoi", help="Count only pixels whose centre lies in these polygons (any CRS), e.g. a plot."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace earlier outputs in --out-dir.")] = False,
 ) -> None:
     """What changed between surveys: transition matrices, change maps and, for a series, cover over time.
@@ -569,7 +573,7 @@ def change(
     from geoseg.model.bundle import read_bundle_meta
 
     classes = read_bundle_meta(model).classes if model is not None else None
-    series = compare_series(maps, out_dir, classes=classes, overwrite=overwrite)
+    series = compare_series(maps, out_dir, classes=classes, overwrite=overwrite, aoi=aoi)
     for index, result in enumerate(series.pairs):
         if len(series.pairs) > 1:
             typer.echo(f"{index + 1} → {index + 2}: {maps[index].name} → {maps[index + 1].name}")
@@ -609,6 +613,9 @@ def landscape(
     zone_field: Annotated[
         str | None, typer.Option("--zone-field", help="The attribute of --by that names each zone.")
     ] = None,
+    aoi: Annotated[
+        Path | None, typer.Option("--aoi", help="Measure only inside these polygons (any CRS), e.g. the plot.")
+    ] = None,
     model: Annotated[
         Path | None,
         typer.Option("--model", "-m", help="Take class names from this bundle. Default: the map's own table."),
@@ -639,7 +646,7 @@ def landscape(
     if edges_png is not None:
         ensure_writable(edges_png, overwrite)
     classes = read_bundle_meta(model).classes if model is not None else None
-    rows = landscape_metrics(class_map, level.value, classes, by, zone_field)
+    rows = landscape_metrics(class_map, level.value, classes, by, zone_field, aoi)
     if level != LandscapeLevel.patch:
         metrics = [k for k in rows[0] if k in UNITS]
         label = "zone" if by is not None else ""

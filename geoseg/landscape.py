@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from rasterio.windows import Window
 
 from geoseg.boundary import edge_shape, write_edges_png
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import InputError
 from geoseg.io.classmap import class_names, read_class_table
 from geoseg.io.raster import GridSpec, atomic_path, ensure_writable, open_raster, verify_readable
-from geoseg.io.vector import rasterize_region, read_vector
+from geoseg.io.vector import aoi_geometry, inside_window, rasterize_region, read_vector
 from geoseg.polygons import check_class_map, square_metres_factor
 
 LEVELS = ("class", "landscape", "patch")
@@ -45,13 +46,15 @@ def landscape_metrics(
     classes: Sequence[ClassSpec] | None = None,
     zones: str | Path | None = None,
     zone_field: str | None = None,
+    aoi: str | Path | None = None,
 ) -> list[dict]:
     """Metrics of ``class_map`` at ``level`` (class, landscape or patch), one dict per row.
 
     Rows hold ``zone`` (the zone's ``zone_field`` value, or None for the whole map), ``class_id`` and
     ``class`` (None at landscape level), ``patch`` (patch level only) and the metrics (NaN where
-    pylandstats gives none). Raises InputError for a map that is not a class map, has no projected CRS,
-    or has no valid pixel (in the whole map, or in every zone).
+    pylandstats gives none). With ``aoi`` (polygons, any CRS) the pixels outside it are outside the
+    landscape. Raises InputError for a map that is not a class map, has no projected CRS, or has no valid
+    pixel (in the whole map, or in every zone).
     """
     if level not in LEVELS:
         raise InputError(f"--level must be one of {', '.join(LEVELS)}, not {level!r}")
@@ -70,6 +73,10 @@ def landscape_metrics(
     with open_raster(class_map) as ds:
         values = ds.read(1)
     values = np.where(np.isin(values, list(skip)), IGNORE_INDEX, values).astype(np.uint8)
+    if aoi is not None:  # outside the area of interest is outside the landscape
+        area = aoi_geometry(Path(aoi), grid, class_map)
+        values = np.where(inside_window(area, grid, Window(0, 0, grid.width, grid.height)), values, IGNORE_INDEX)
+        values = values.astype(np.uint8)
     if zones is None:
         parts: list[tuple[object, np.ndarray]] = [(None, values)]
     else:

@@ -12,9 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import shapely
 from rasterio.errors import RasterioIOError
-from shapely.geometry.base import BaseGeometry
 
 from geoseg.config import ClassSpec
 from geoseg.device import resolve_device
@@ -36,7 +34,7 @@ from geoseg.io.raster import (
     read_info,
     removed_if_left_empty,
 )
-from geoseg.io.vector import read_vector
+from geoseg.io.vector import aoi_geometry
 from geoseg.memory import release_free_memory
 from geoseg.model.bundle import Bundle, bundle_version, check_bundle_fits, load_bundle
 from geoseg.progress import Progress
@@ -70,15 +68,6 @@ class ClassMapResult:
     spec: InferenceSpec
     blocks: int
     drift: DriftReport | None = None
-
-
-def aoi_in_crs(path: Path, info: RasterInfo) -> BaseGeometry:
-    """The AOI's union in the mosaic's CRS; refused when it does not overlap the mosaic."""
-    frame = read_vector(path).to_crs(info.grid.crs)
-    area = shapely.union_all(frame.geometry.make_valid().values)
-    if not area.intersects(shapely.box(*info.grid.bounds)):
-        raise InputError(f"does not overlap {info.path.name} (after reprojection to {info.grid.crs})", path)
-    return area
 
 
 def check_output_folder(folder: Path) -> None:
@@ -121,7 +110,7 @@ def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str
     meta = bundle.meta
     bundle_path = bundle.path
     tile, overlap = window_size(options.tile, options.overlap, meta)
-    aoi = aoi_in_crs(options.aoi, info) if options.aoi is not None else None
+    aoi = aoi_geometry(options.aoi, info.grid, info.path) if options.aoi is not None else None
     report = band_report(mosaic, meta)
     drift = report if report.bands else None
     normalization = remedied_normalization(meta.normalization, options.remedy, drift, bundle_path, mosaic)

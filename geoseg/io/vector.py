@@ -7,7 +7,10 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import shapely
 from rasterio import features
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 from shapely.geometry.base import BaseGeometry
 
 from geoseg.config import IGNORE_INDEX, ClassSpec, normalize_label_value
@@ -90,3 +93,19 @@ def read_region(path: str | Path, grid: GridSpec) -> np.ndarray:
     """A region file (any CRS) as a boolean mask on ``grid``."""
     frame = read_vector(path).to_crs(grid.crs)
     return rasterize_region(list(frame.geometry), grid)
+
+
+def aoi_geometry(path: Path, grid: GridSpec, raster: Path) -> BaseGeometry:
+    """An area-of-interest file's union in ``grid``'s CRS; refused when it does not overlap ``raster``."""
+    frame = read_vector(path).to_crs(grid.crs)
+    area = shapely.union_all(frame.geometry.make_valid().values)
+    if not area.intersects(shapely.box(*grid.bounds)):
+        raise InputError(f"does not overlap {raster.name} (after reprojection to {grid.crs})", path)
+    return area
+
+
+def inside_window(area: BaseGeometry, grid: GridSpec, window: Window) -> np.ndarray:
+    """Which pixels of ``window`` (of ``grid``) have their centre inside ``area``: one window at a time."""
+    shape = (int(window.height), int(window.width))
+    return features.geometry_mask([area], out_shape=shape, transform=window_transform(window, grid.transform),
+                                  invert=True)  # fmt: skip

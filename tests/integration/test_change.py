@@ -143,3 +143,37 @@ def test_class_tables_that_disagree_are_refused(tmp_path: Path) -> None:
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "'crust'" in lines[0] and "'moss'" in lines[0] and "--model" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_an_aoi_limits_the_transitions_and_the_cover(tmp_path: Path) -> None:
+    """--aoi drawn in another CRS: only pixels whose centre lies inside count; the change map is nodata
+    outside; an AOI that misses the maps is one line."""
+    import geopandas as gpd
+    import shapely
+
+    rng = np.random.default_rng(3)
+    first = rng.integers(1, 4, (200, 300))
+    second = np.where(rng.random((200, 300)) < 0.2, 3, first)
+    third = second.copy()
+    maps = [class_map(tmp_path / f"{i}.tif", ids) for i, ids in enumerate((first, second, third))]
+    # the top-left 100 × 150 px: x 500000-500075, y 3999950-4000000 (0.5 m pixels)
+    plot = gpd.GeoDataFrame(geometry=[shapely.box(500_000, 3_999_950, 500_075, 4_000_000)], crs=CRS_UTM)
+    plot.to_crs(4326).to_file(tmp_path / "plot.gpkg")
+    run = change_cli(*maps, "--out-dir", tmp_path / "out", "--aoi", tmp_path / "plot.gpkg")
+    assert run.returncode == 0, run.stderr
+    pixels = np.array(json.loads((tmp_path / "out" / "1-2" / "transitions.json").read_text())["pixels"])
+    a, b = first[:100, :150], second[:100, :150]
+    # the reprojected box's edges may shift a pixel column or row in or out
+    expected = np.array([[((a == i) & (b == j)).sum() for j in (1, 2, 3)] for i in (1, 2, 3)])
+    assert abs(int(pixels.sum()) - a.size) <= 250 and np.abs(pixels - expected).max() <= 100
+    with rasterio.open(tmp_path / "out" / "1-2" / "change.tif") as ds:
+        codes = ds.read(1)
+    assert (codes[120:, :] == 65535).all() and (codes[:, 170:] == 65535).all()
+    with open(tmp_path / "out" / "cover.csv") as stream:
+        rows = [r for r in csv.DictReader(stream) if r["date"] == "1"]
+    assert abs(sum(int(r["pixels"]) for r in rows) - a.size) <= 250
+    plot_far = gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 10, 10)], crs=CRS_UTM)
+    plot_far.to_file(tmp_path / "far.gpkg")
+    refused = change_cli(*maps[:2], "--out-dir", tmp_path / "out2", "--aoi", tmp_path / "far.gpkg")
+    assert refused.returncode == 2 and "does not overlap" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "out2").exists()

@@ -94,6 +94,14 @@ def test_each_zone_is_measured_on_its_own(tmp_path: Path, real_map) -> None:
             reference.loc[class_id, "proportion_of_landscape"], abs=0.5
         )
     assert {r["zone"] for r in rows} == {"west", "east"}
+    zones[zones["plot"] == "west"].to_file(tmp_path / "west.gpkg")
+    run = landscape_cli(path, "--aoi", tmp_path / "west.gpkg", "-o", "west.csv", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    with open(tmp_path / "west.csv") as stream:
+        inside = {int(r["class_id"]): r for r in csv.DictReader(stream)}
+    assert {k: v["number_of_patches"] for k, v in inside.items()} == {
+        k: v["number_of_patches"] for k, v in mine.items()
+    }
 
 
 def test_maps_that_cannot_be_measured_get_one_line(tmp_path: Path) -> None:
