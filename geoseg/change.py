@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import shapely
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -71,13 +72,14 @@ def pair_folder(out_dir: Path, index: int) -> Path:
     return out_dir / f"{index + 1}-{index + 2}"
 
 
-def compare_series(maps: list[Path], out_dir: Path, classes: list[ClassSpec] | None = None,
-                   overwrite: bool = False, aoi: Path | None = None) -> SeriesResult:  # fmt: skip
+def compare_series(maps: list[Path], out_dir: Path, classes: list[ClassSpec] | None = None, overwrite: bool = False,
+                   aoi: Path | None = None, grid: Path | None = None) -> SeriesResult:  # fmt: skip
     """Transitions for each consecutive pair of ``maps`` (in date order) and the cover per class per date.
 
     Two maps write their pair's outputs straight into ``out_dir``; three or more write each pair into
     ``pair_folder(out_dir, k)`` and the cover table and chart into ``out_dir``. With ``aoi`` (a polygon
     file, any CRS), only pixels whose centre lies inside it count, in the transitions and the cover alike.
+    With ``grid`` (a raster file), every pair is compared on its grid instead of the earlier map's.
     """
     maps = [Path(m) for m in maps]
     if len(maps) < 2:
@@ -93,7 +95,7 @@ def compare_series(maps: list[Path], out_dir: Path, classes: list[ClassSpec] | N
         with open_raster(path) as ds:
             check_class_map(ds, path)
     specs = classes or _shared_class_table(maps)
-    pairs = [compare_maps(a, b, pair_folder(out_dir, k) if series else out_dir, specs, overwrite, aoi)
+    pairs = [compare_maps(a, b, pair_folder(out_dir, k) if series else out_dir, specs, overwrite, aoi, grid)
              for k, (a, b) in enumerate(itertools.pairwise(maps))]  # fmt: skip
     every_class = {spec.id: spec for pair in pairs for spec in pair.classes}
     cover = cover_rows(maps, [every_class[i] for i in sorted(every_class)], aoi)
@@ -135,9 +137,14 @@ def _class_counts(path: Path, aoi: Path | None) -> tuple[np.ndarray, float | Non
 
 
 def compare_maps(before: Path, after: Path, out_dir: Path, classes: list[ClassSpec] | None = None,
-                 overwrite: bool = False, aoi: Path | None = None) -> ChangeResult:  # fmt: skip
-    """The transition matrix of ``before`` → ``after`` and the change map, written into ``out_dir``; with
-    ``aoi``, only pixels inside it count (and the change map is nodata outside it)."""
+                 overwrite: bool = False, aoi: Path | None = None,
+                 grid: Path | None = None) -> ChangeResult:  # fmt: skip
+    """The transition matrix of ``before`` → ``after`` and the change map, written into ``out_dir``.
+
+    Both maps are read onto ``grid``'s grid (a raster file: its CRS, transform and size), else onto
+    ``before``'s, with nearest neighbour. With ``aoi``, only pixels inside it count (and the change map is
+    nodata outside it).
+    """
     before, after = Path(before), Path(after)
     outputs = {key: out_dir / name for key, name in OUTPUT_NAMES.items()}
     for path in outputs.values():
@@ -147,12 +154,14 @@ def compare_maps(before: Path, after: Path, out_dir: Path, classes: list[ClassSp
             check_class_map(ds, path)
         verify_readable(path)
     specs = classes or _shared_class_table([before, after])
-    with open_raster(before) as first:
-        to_m2 = square_metres_factor(first.crs)
-        pixel_area = abs(first.transform.a * first.transform.e - first.transform.b * first.transform.d)
-        grid = GridSpec(first.crs, first.transform, first.width, first.height)
-        area = aoi_geometry(aoi, grid, before) if aoi is not None else None
-        counts = _count_and_write(first, after, outputs["map"], specs, area)
+    with open_raster(grid or before) as reference:
+        target = GridSpec(reference.crs, reference.transform, reference.width, reference.height)
+    if target.crs is None:
+        raise InputError("has no CRS, so the maps cannot be placed on its grid", grid or before)
+    to_m2 = square_metres_factor(target.crs)
+    pixel_area = abs(target.transform.determinant)
+    area = aoi_geometry(aoi, target, grid or before) if aoi is not None else None
+    counts = _count_and_write(target, before, after, outputs["map"], specs, area)
     square = counts.reshape(256, 256)
     specs = _with_unlisted_ids(specs, square)
     ids = [s.id for s in specs]
@@ -163,26 +172,47 @@ def compare_maps(before: Path, after: Path, out_dir: Path, classes: list[ClassSp
     return result
 
 
-def _count_and_write(first: rasterio.DatasetReader, after: Path, target: Path, specs: list[ClassSpec],
+def _count_and_write(grid: GridSpec, before: Path, after: Path, target: Path, specs: list[ClassSpec],
                      area: BaseGeometry | None = None) -> np.ndarray:  # fmt: skip
     """Transition counts (256 × 256 ids, flat) over pixels valid in both, and the change map written strip by
-    strip: code from_id × 256 + to_id, NO_CHANGE_CODE where either map is nodata."""
-    profile = {"driver": "GTiff", "width": first.width, "height": first.height, "count": 1, "dtype": "uint16",
-               "nodata": NO_CHANGE_CODE, "crs": first.crs, "transform": first.transform, "tiled": True,
+    strip on ``grid``: code from_id × 256 + to_id, NO_CHANGE_CODE where either map is nodata."""
+    profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1, "dtype": "uint16",
+               "nodata": NO_CHANGE_CODE, "crs": grid.crs, "transform": grid.transform, "tiled": True,
                "blockxsize": 256, "blockysize": 256, "compress": "deflate"}  # fmt: skip
     counts = np.zeros(256 * 256, dtype=np.int64)
-    with _on_grid_of(after, first) as second, atomic_path(target) as tmp, rasterio.open(tmp, "w", **profile) as out:
-        for window in _strips(first.height, first.width):
+    if not _overlap(before, after, grid):
+        raise InputError(f"does not overlap {after.name} on the grid they are compared on", before)
+    with (
+        _on_grid(before, grid) as first,
+        _on_grid(after, grid) as second,
+        atomic_path(target) as tmp,
+        rasterio.open(tmp, "w", **profile) as out,
+    ):
+        for window in _strips(grid.height, grid.width):
             a, b = first.read(1, window=window), second.read(1, window=window)
             valid = (a != IGNORE_INDEX) & (b != IGNORE_INDEX) & _not_nodata(a, first) & _not_nodata(b, second)
             if area is not None:
-                valid &= inside_window(area, GridSpec(first.crs, first.transform, first.width, first.height), window)
+                valid &= inside_window(area, grid, window)
             code = a.astype(np.uint16) * 256 + b
             counts += np.bincount(code[valid], minlength=256 * 256)
             out.write(np.where(valid, code, NO_CHANGE_CODE).astype(np.uint16), 1, window=window)
         out.update_tags(GEOSEG_TRANSITIONS=json.dumps(_transition_names(specs)))
         out.write_colormap(1, _transition_colors(specs))
     return counts
+
+
+def _overlap(before: Path, after: Path, grid: GridSpec) -> bool:
+    """Whether the two maps' footprints meet each other and the grid (a bounds test before any output)."""
+    from rasterio.warp import transform_bounds
+
+    boxes = [shapely.box(*grid.bounds)]
+    for path in (before, after):
+        with open_raster(path) as ds:
+            if ds.crs is None:
+                raise InputError("has no CRS, so it cannot be placed on the other map's grid", path)
+            bounds = ds.bounds if ds.crs == grid.crs else transform_bounds(ds.crs, grid.crs, *ds.bounds)
+        boxes.append(shapely.box(*bounds))
+    return shapely.intersection_all(boxes).area > 0
 
 
 def _shared_class_table(maps: list[Path]) -> list[ClassSpec]:
@@ -225,18 +255,16 @@ def _transition_names(specs: list[ClassSpec]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _on_grid_of(path: Path, reference: rasterio.DatasetReader) -> Iterator:
-    """``path`` as read on ``reference``'s grid: the file itself when the grids match, else warped (nearest)."""
+def _on_grid(path: Path, grid: GridSpec) -> Iterator:
+    """``path`` as read on ``grid``: the file itself when its grid is that one, else warped (nearest)."""
     with open_raster(path) as ds:
-        same = (ds.crs, ds.transform, ds.width, ds.height) == (reference.crs, reference.transform, reference.width,
-                                                               reference.height)  # fmt: skip
-        if same:
+        if (ds.crs, ds.transform, ds.width, ds.height) == (grid.crs, grid.transform, grid.width, grid.height):
             yield ds
             return
-        if ds.crs is None or reference.crs is None:
+        if ds.crs is None:
             raise InputError("has no CRS, so it cannot be placed on the other map's grid", path)
-        with WarpedVRT(ds, crs=reference.crs, transform=reference.transform, width=reference.width,
-                       height=reference.height, resampling=Resampling.nearest, nodata=IGNORE_INDEX) as vrt:  # fmt: skip
+        with WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                       resampling=Resampling.nearest, nodata=IGNORE_INDEX) as vrt:  # fmt: skip
             yield vrt
 
 

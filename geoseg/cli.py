@@ -554,6 +554,10 @@ def change(
         Path | None,
         typer.Option("--aoi", help="Count only pixels whose centre lies in these polygons (any CRS), e.g. a plot."),
     ] = None,
+    grid: Annotated[
+        Path | None,
+        typer.Option("--grid", help="Compare on this raster's grid (CRS, pixels) instead of the earlier map's."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace earlier outputs in --out-dir.")] = False,
 ) -> None:
     """What changed between surveys: transition matrices, change maps and, for a series, cover over time.
@@ -573,7 +577,7 @@ def change(
     from geoseg.model.bundle import read_bundle_meta
 
     classes = read_bundle_meta(model).classes if model is not None else None
-    series = compare_series(maps, out_dir, classes=classes, overwrite=overwrite, aoi=aoi)
+    series = compare_series(maps, out_dir, classes=classes, overwrite=overwrite, aoi=aoi, grid=grid)
     for index, result in enumerate(series.pairs):
         if len(series.pairs) > 1:
             typer.echo(f"{index + 1} → {index + 2}: {maps[index].name} → {maps[index + 1].name}")

@@ -177,3 +177,31 @@ def test_an_aoi_limits_the_transitions_and_the_cover(tmp_path: Path) -> None:
     refused = change_cli(*maps[:2], "--out-dir", tmp_path / "out2", "--aoi", tmp_path / "far.gpkg")
     assert refused.returncode == 2 and "does not overlap" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "out2").exists()
+
+
+def test_a_grid_of_the_users_choice_and_maps_that_do_not_meet(tmp_path: Path) -> None:
+    """--grid: both maps are read onto that raster's grid (here 1 m over the 0.5 m maps), so the change map
+    has its shape and each of its pixels is the nearest fine pixel; maps that never meet are one line."""
+    rng = np.random.default_rng(4)
+    coarse = rng.integers(1, 4, (100, 150))
+    fine = np.kron(coarse, np.ones((2, 2), dtype=int))
+    before = class_map(tmp_path / "before.tif", fine)
+    after_ids = np.kron(np.where(coarse == 2, 3, coarse), np.ones((2, 2), dtype=int))  # crust became lichen
+    after = class_map(tmp_path / "after.tif", after_ids)
+    grid = class_map(tmp_path / "grid.tif", np.ones((100, 150), dtype=int), pixel=1.0)
+    run = change_cli(before, after, "--grid", grid, "--out-dir", tmp_path / "out")
+    assert run.returncode == 0, run.stderr
+    with rasterio.open(tmp_path / "out" / "change.tif") as ds:
+        assert (ds.width, ds.height, ds.res) == (150, 100, (1.0, 1.0))
+    pixels = json.loads((tmp_path / "out" / "transitions.json").read_text())["pixels"]
+    assert pixels == [[int(((coarse == a) & (np.where(coarse == 2, 3, coarse) == b)).sum()) for b in (1, 2, 3)]
+                      for a in (1, 2, 3)]  # fmt: skip
+    far = tmp_path / "far.tif"
+    profile = {"driver": "GTiff", "width": 50, "height": 50, "count": 1, "dtype": "uint8", "crs": CRS_UTM,
+               "transform": from_origin(600_000, 4_000_000, 0.5, 0.5)}  # fmt: skip
+    with rasterio.open(far, "w", **profile) as out:
+        out.write(np.ones((50, 50), np.uint8), 1)
+    write_class_map(far, np.ones((50, 50), np.uint8), read_info(far).grid, SPECS, overwrite=True)
+    refused = change_cli(before, far, "--out-dir", tmp_path / "out2")
+    assert refused.returncode == 2 and "does not overlap" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "out2").exists()
