@@ -521,10 +521,9 @@ def vectorize(
 
     The polygons keep the class map's CRS; simplification keeps borders between classes shared (no gaps).
     """
-    from geoseg.model.bundle import read_bundle_meta
     from geoseg.polygons import vectorize_class_map
 
-    classes = read_bundle_meta(model).classes if model is not None else None
+    classes = bundle_classes(model)
     reporter = Progress(progress)
     # One step with no inner progress: a bar would only flash, so only programs (json) hear of it.
     stage = reporter.stage("polygons") if progress == ProgressMode.json else lambda done, total: None
@@ -574,9 +573,8 @@ def change(
     Example: geoseg change plot3_2023.tif plot3_2024.tif plot3_2025.tif --out-dir plot3_change
     """
     from geoseg.change import compare_series
-    from geoseg.model.bundle import read_bundle_meta
 
-    classes = read_bundle_meta(model).classes if model is not None else None
+    classes = bundle_classes(model)
     series = compare_series(maps, out_dir, classes=classes, overwrite=overwrite, aoi=aoi, grid=grid)
     for index, result in enumerate(series.pairs):
         if len(series.pairs) > 1:
@@ -643,13 +641,12 @@ def landscape(
     """
     from geoseg.io.raster import ensure_writable
     from geoseg.landscape import UNITS, check_output, landscape_metrics, write_edges_figure, write_metrics
-    from geoseg.model.bundle import read_bundle_meta
 
     target = out or Path(f"{class_map.stem}_landscape.csv")
     check_output(target, overwrite)  # before the work, not after it
     if edges_png is not None:
         ensure_writable(edges_png, overwrite)
-    classes = read_bundle_meta(model).classes if model is not None else None
+    classes = bundle_classes(model)
     rows = landscape_metrics(class_map, level.value, classes, by, zone_field, aoi)
     if level != LandscapeLevel.patch:
         metrics = [k for k in rows[0] if k in UNITS]
@@ -663,6 +660,15 @@ def landscape(
     typer.echo(f"metrics: {target} ({len(rows)} rows)")
     if edges_png is not None:
         typer.echo(f"edges: {write_edges_figure(class_map, edges_png, classes, overwrite)}")
+
+
+def bundle_classes(model: Path | None) -> list | None:
+    """The classes of ``--model``, read from its geoseg.json only (torch is imported only when one is given)."""
+    if model is None:
+        return None
+    from geoseg.model.bundle import read_bundle_meta
+
+    return read_bundle_meta(model).classes
 
 
 class ExportFormat(StrEnum):
