@@ -82,10 +82,20 @@ class Model:
 
 
 def load_model(path: str | Path, device: str = "auto") -> Model:
-    """Load a model bundle (folder or .zip, as `geoseg train` writes it, or an ONNX model) for ``segment``.
+    """Load a model bundle for ``segment``.
 
-    ``device``: "auto" (a CUDA GPU when one is visible), "cpu" or "cuda". Raises ``BundleError`` for a
-    missing or malformed bundle.
+    Args:
+        path: a bundle folder or .zip as `geoseg train` writes it, or an ONNX model (``geoseg export``'s,
+            or a Deepness segmentation model).
+        device: "auto" (a CUDA GPU when one is visible), "cpu" or "cuda".
+
+    Returns:
+        The model: its classes (``model.classes``), the 1-based bands it reads (``model.bands``), and a
+        handle each Dask worker loads the network from once.
+
+    Raises:
+        BundleError: the bundle is missing or malformed.
+        DeviceError: "cuda" was asked for and no GPU is visible.
     """
     resolved = str(Path(path).resolve())
     source = ModelSource(resolved, resolve_device(device), bundle_version(resolved))
@@ -129,24 +139,34 @@ def segment(
     tta: bool | None = None,
     confidence: bool = False,
 ) -> xr.DataArray | tuple[xr.DataArray, xr.DataArray]:
-    """Class ids for a ``(band, y, x)`` DataArray with a CRS: a ``(y, x)`` uint8 DataArray, 255 = nodata.
+    """Class ids for a multi-band image, as `geoseg infer` computes them.
 
-    The result has the input's y/x coordinates, CRS and transform, so ``classes.rio.to_raster(path)``
-    writes it on the input's grid. On Dask-backed input it is lazy and chunked like the input in y and x:
-    the model runs at ``.compute()`` or ``to_raster``, one chunk (plus a halo of up to one tile from its
-    neighbours) at a time, on whatever scheduler is active. NumPy-backed input is segmented at once.
+    On Dask-backed input the result is lazy and chunked like the input in y and x: the model runs at
+    ``.compute()`` or ``to_raster``, one chunk (plus a halo of up to one tile from its neighbours) at a
+    time, on whatever scheduler is active. NumPy-backed input is segmented at once. Nodata: a pixel is 255
+    where every band is nodata (``da.rio.nodata``, i.e. ``_FillValue``) or NaN, as a GeoTIFF's nodata mask
+    is for `geoseg infer`; other NaNs are read as the encoded nodata value (or 0). An alpha band is not read
+    as a mask: turn it into nodata first (``da.where(alpha > 0)``).
 
-    Band ``i`` of the model's bundle (``model.bands``, 1-based) is position ``i - 1`` along ``band``.
-    Nodata: a pixel is 255 where every band is nodata (``da.rio.nodata``, i.e. ``_FillValue``) or NaN, as
-    a GeoTIFF's nodata mask is for `geoseg infer`; other NaNs are read as the encoded nodata value (or 0).
-    An alpha band is not read as a mask: turn it into nodata first (``da.where(alpha > 0)``).
+    Args:
+        da: a ``(band, y, x)`` DataArray with a CRS, integer or float; band ``i`` of the bundle
+            (``model.bands``, 1-based) is position ``i - 1`` along ``band``.
+        model: from ``load_model``.
+        tile: window side in pixels (32-4096); default the bundle's.
+        overlap: window overlap in pixels (0 to tile - 1); default the bundle's.
+        precision: "auto", "fp32", "bf16" or "fp16", as for `geoseg infer`.
+        tta: average the 8 flips and rotations of each window; default the bundle's recipe.
+        confidence: also return the blended probability of the chosen class.
 
-    ``tile`` and ``overlap`` default to the bundle's; ``precision`` is auto, fp32, bf16 or fp16, as for
-    `geoseg infer`. With ``confidence=True`` returns ``(classes, confidence)``, confidence a float32
-    DataArray (the blended probability of the chosen class, NaN at nodata); compute both together
-    (``dask.compute(classes, confidence)``), or the model runs twice.
+    Returns:
+        A ``(y, x)`` uint8 DataArray of class ids (255 = nodata) with the input's coordinates, CRS and
+        transform, so ``classes.rio.to_raster(path)`` writes it on the input's grid. With
+        ``confidence=True``, ``(classes, confidence)``, confidence a float32 DataArray (NaN at nodata);
+        compute both together (``dask.compute(classes, confidence)``), or the model runs twice.
 
-    Raises ``ArrayError`` (a ``ValueError``) when the array does not fit: not 3-D, no CRS, too few bands.
+    Raises:
+        ArrayError: (a ``ValueError``) the array or a setting does not fit: not 3-D, no CRS, too few
+            bands, not numbers, a tile or overlap out of range.
     """
     if not isinstance(model, Model):
         raise TypeError(f"model must come from geoseg.load_model(path), not {type(model).__name__}")
@@ -207,14 +227,24 @@ def vectorize(
     simplify: float = 0.0,
     connectivity: int = 4,
 ) -> gpd.GeoDataFrame:
-    """Polygons of a class map from ``segment`` (or any uint8 ``(y, x)`` DataArray with a CRS).
+    """Polygons of a class map, as `geoseg vectorize` writes them.
 
-    Fields as `geoseg vectorize` writes them: ``class_id``, ``class_name`` (from ``model``, else the
-    id), ``area`` in CRS units² and ``area_m2`` where the CRS is projected; the class map's CRS. Nodata
-    (255, or ``_FillValue``) makes no polygon. ``min_area`` drops smaller regions (CRS units²);
-    ``simplify`` is a tolerance in CRS units that keeps shared borders shared. The class map is computed
-    and held in memory (one byte a pixel); for maps larger than memory write it with ``to_raster`` and
-    run `geoseg vectorize`.
+    The class map is computed and held in memory (one byte a pixel); for maps larger than memory write it
+    with ``to_raster`` and run `geoseg vectorize`. Nodata (255, or ``_FillValue``) makes no polygon.
+
+    Args:
+        classes: a ``(y, x)`` uint8 DataArray with a CRS, e.g. from ``segment``.
+        model: names the classes; default the ids.
+        min_area: drop regions smaller than this, in CRS units² (m² in a metric CRS).
+        simplify: coverage simplification tolerance in CRS units; shared borders stay shared.
+        connectivity: 4 (edges) or 8 (edges and corners) joins pixels into regions.
+
+    Returns:
+        A GeoDataFrame in the class map's CRS with ``class_id``, ``class_name``, ``area`` (CRS units²)
+        and ``area_m2`` (where the CRS is projected).
+
+    Raises:
+        ArrayError: not a (y, x) uint8 class map with a CRS.
     """
     from geoseg.polygons import class_map_polygons
 
@@ -301,9 +331,20 @@ def change(before: xr.DataArray, after: xr.DataArray, model: Model | None = None
     """Pixels going from each class of ``before`` to each class of ``after``, as `geoseg change` counts them.
 
     ``after`` is read onto ``before``'s grid with nearest neighbour (rioxarray's ``reproject_match``) and
-    only pixels valid in both count. Rows are the earlier classes, columns the later ones, named by
-    ``model``'s classes, else by id. Both maps are held in memory (one byte a pixel); for larger maps write
+    only pixels valid in both count. Both maps are held in memory (one byte a pixel); for larger maps write
     them with ``to_raster`` and run `geoseg change`.
+
+    Args:
+        before: the earlier ``(y, x)`` class map (uint8, with a CRS).
+        after: the later one, on any grid and CRS.
+        model: names the classes; default the class table the map carries (``GEOSEG_CLASSES`` in its
+            attributes, as rioxarray reads a geoseg class map), else the ids.
+
+    Returns:
+        A DataFrame of pixel counts: rows the earlier classes (index "from"), columns the later ones ("to").
+
+    Raises:
+        ArrayError: either map is not a (y, x) uint8 class map with a CRS.
     """
     import pandas as pd
     from rasterio.enums import Resampling
@@ -322,9 +363,19 @@ def change(before: xr.DataArray, after: xr.DataArray, model: Model | None = None
 
 
 def landscape(classes: xr.DataArray, model: Model | None = None, level: str = "class") -> pd.DataFrame:
-    """`geoseg landscape`'s metrics (pylandstats', plus the edge shape shares at class level) of a class map.
+    """`geoseg landscape`'s metrics of a class map: pylandstats', and the edge shape shares at class level.
 
-    ``level`` is class, landscape or patch. The map needs a projected CRS; it is held in memory.
+    Args:
+        classes: a ``(y, x)`` uint8 class map in a projected CRS; it is held in memory.
+        model: names the classes; default the map's own class table, else the ids.
+        level: "class", "landscape" or "patch".
+
+    Returns:
+        A DataFrame, a row per class (or one row, or a row per patch), the metrics as docs/formats.md
+        ("Landscape metrics") lists them, areas in ha and lengths in m.
+
+    Raises:
+        ArrayError: not a class map, no projected CRS, or no valid pixel.
     """
     import pandas as pd
 
