@@ -397,6 +397,16 @@ def _cpu_name() -> str:
 # ---------------------------------------------------------------------------------------------- report
 
 
+def load_runs(path: Path) -> list[Run]:
+    """The runs of a results file; where one (case, method, seed) was run twice, the later line counts."""
+    runs: dict[tuple[str, str, int], Run] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            run = Run(**json.loads(line))
+            runs[(run.case, run.method, run.seed)] = run
+    return list(runs.values())
+
+
 def summarize(runs: list[Run]) -> str:
     """A markdown table: per case and method, mean ± sample sd (and range) of mIoU and OA over seeds."""
     groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
@@ -452,7 +462,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-forest", action="store_true", help="skip the random forest rows")
     parser.add_argument("--reuse-cases", action="store_true", help="use the cases already prepared under --out")
     parser.add_argument("--results", type=Path, help="JSON-lines file for the runs (default: under --out)")
+    parser.add_argument("--summarize", type=Path, metavar="JSONL",
+                        help="only print the table of a results file (a rerun of a run replaces it)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.summarize is not None:
+        print(summarize(load_runs(args.summarize)))
+        return
     if not args.data.is_dir() and not args.reuse_cases:
         parser.error(f"{args.data} not found: the shared real data lives in ../shared/data")
     if not args.no_forest:
