@@ -224,3 +224,27 @@ def test_sigint_leaves_no_finished_looking_output(tmp_path: Path, bundles: dict[
     done = [json.loads(line)["done"] for line in stderr.splitlines() if line.startswith('{"stage": "segment"')]
     assert max(done) < total, f"the run finished the class map before the signal landed:\n{stderr}"
     assert finished_looking(tmp_path / OUT) == [], stderr
+
+
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_polygons_are_made_keeps_the_class_map_and_nothing_half_written(
+    tmp_path: Path, bundles: dict[str, Path], sent: int
+) -> None:
+    """The class map is finished when polygons start (a noisy 1536 px map, coverage-simplified: seconds of
+    work). A signal then: exit 130, the class map kept whole, no polygons, areas or temporary file."""
+    rng = np.random.default_rng(0)
+    mosaic = tmp_path / "noise.tif"
+    profile = {"driver": "GTiff", "width": 1536, "height": 1536, "count": 3, "dtype": "uint8", "crs": "EPSG:32633",
+               "transform": rasterio.transform.from_origin(500_000, 5_000_000, 0.05, 0.05), "tiled": True}  # fmt: skip
+    with rasterio.open(mosaic, "w", **profile) as dst:
+        dst.write(rng.integers(0, 256, (3, 1536, 1536), dtype=np.uint8))
+    command = [sys.executable, "-m", "geoseg", "infer", str(mosaic), "--model", str(bundles["rgb128"]),
+               "--out-dir", str(OUT), "--simplify", "0.2", "--progress", "json"]  # fmt: skip
+    code, seen, rest = signal_once_ready(command, tmp_path, "polygons", 0, sent, env=cli_env(), timeout_s=CLI_TIMEOUT_S)
+    stderr = "".join(seen) + rest
+    assert code == 130, f"exit {code}\n{stderr}"
+    assert "Traceback" not in stderr and "interrupted" in stderr.splitlines()[-1], stderr
+    assert '{"stage": "polygons", "done": 1' not in stderr, f"the polygons finished before the signal:\n{stderr}"
+    assert finished_looking(tmp_path / OUT) == ["noise_classes.tif"], stderr
+    with rasterio.open(tmp_path / OUT / "noise_classes.tif") as ds:
+        assert (ds.width, ds.height) == (1536, 1536) and ds.read(1).max() < 255
