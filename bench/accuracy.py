@@ -95,10 +95,11 @@ VARIANTS: dict[str, dict] = {
     "ce-only": {"loss": "ce"},
     "refit": {"refit": True},
     "refit-ce": {"refit": True, "loss": "ce"},  # bench/RESULTS.md: the refit's length follows a noisy best step
-    # Keeping the final weights trains exactly as with "best"; such a run also scores its best-validation
-    # checkpoint, so both choices come from one training (rows "<variant>" and "<variant>@best").
+    # The default keeps the final weights; a run that does also scores its best-validation checkpoint, so
+    # both choices come from one training (rows "<variant>" and "<variant>@best"; bench/RESULTS.md).
     "final": {"keep": "final"},
     "final-ce": {"keep": "final", "loss": "ce"},
+    "keep-best": {"keep": "best"},
     "encoder-lr-0.1": {"encoder_lr": 0.1},
     "frozen-encoder": {"encoder_lr": 0.0},
 }
@@ -321,7 +322,7 @@ def run_geoseg(case: Case, seed: int, variant: str, max_steps: int | None, folde
     runs = [Run(case.name, f"geoseg:{variant}", seed, _evaluate(case, class_map), steps=result.steps,
                 tile=bundle.meta.tile_size, seconds=seconds, device=device_name)]  # fmt: skip
     best = folder / "model.train" / "checkpoints" / "best.ckpt"
-    if VARIANTS[variant].get("keep") == "final" and best.exists():
+    if VARIANTS[variant].get("keep", "final") == "final" and best.exists():
         state = torch.load(best, map_location="cpu", weights_only=False)
         prefix = "ema_model." if any(k.startswith("ema_model.") for k in state["state_dict"]) else "model."
         bundle.model.load_state_dict({k.removeprefix(prefix): v for k, v in state["state_dict"].items()

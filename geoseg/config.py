@@ -111,7 +111,7 @@ class TrainConfig:
     tta: bool = True  # validate with flips and 90° rotations averaged, and make that the bundle's inference default
     decoder_dropout: float = 0.1  # channel dropout on the decoder's output, training only
     refit: bool = False  # after choosing the step count on validation, train again on training + validation
-    keep: str = "best"  # best: the weights at the best validation mIoU (earliest on ties) | final: the last step's
+    keep: str = "final"  # final: the last step's weights | best: those of the best validation mIoU (earliest on ties)
     early_stopping_patience: int = 50
     rare_class_sampling: bool = False
     seed: int = 0

@@ -312,7 +312,7 @@ def train(
         common["step_progress"] = refit_progress
         fit = _fit(cfg, everything, work / "refit", resume=False, stop_at=max(1, fit.best_step), **common)
     task, ts = fit.task, fit.ts
-    scores = _best_scores(validated.task)
+    scores = _kept_scores(validated.task, t.keep)
     final = task.final_model
     meta = BundleMeta(
         classes=cfg.data.classes,
@@ -427,6 +427,9 @@ def _fit(
             warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")
         try:
             trainer.fit(task, *loaders, ckpt_path=str(ckpt_path) if resuming else None)
+            if loaders[1] is not None and (not task.history_steps or task.history_steps[-1] != trainer.global_step):
+                # the run ended between validations: score the final weights too, so "final" has its scores
+                trainer.validate(task, dataloaders=loaders[1], verbose=False)
         except SystemExit:
             if not trainer.interrupted:
                 raise
@@ -489,8 +492,13 @@ def weights_normalization(weights: str | None, n_bands: int) -> Normalization | 
     return Normalization.from_json(remote_sensing.describe(weights).normalization_json(n_bands), n_bands)
 
 
-def _best_scores(task: SegmentationTask) -> SegmentationScores | None:
-    return max(task.history, key=lambda s: np.nan_to_num(s.miou, nan=-1.0)) if task.history else None
+def _kept_scores(task: SegmentationTask, keep: str) -> SegmentationScores | None:
+    """The validation scores of the weights the bundle keeps: the best validation's, or the last one's."""
+    if not task.history:
+        return None
+    if keep == "final":
+        return task.history[-1]
+    return max(task.history, key=lambda s: np.nan_to_num(s.miou, nan=-1.0))
 
 
 def class_weights(ts: TrainingSet, n_classes: int) -> torch.Tensor:

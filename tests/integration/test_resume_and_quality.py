@@ -104,7 +104,33 @@ train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, epochs: 3, refit: 
     other = _ema_weights(checkpoints / ("last.ckpt" if keep == "best" else "best.ckpt"))
     name = next(k for k, v in saved.items() if v.is_floating_point() and k in kept)
     assert torch.equal(saved[name], kept[name]) and not torch.equal(saved[name], other[name])
-    assert json.loads((out / "geoseg.json").read_text())["recipe"]["keep"] == keep
+    recorded = json.loads((out / "geoseg.json").read_text())
+    assert recorded["recipe"]["keep"] == keep
+    # the bundle's scores are those of the weights it keeps (later validations were forced to mIoU 0)
+    assert (recorded["metrics"]["miou"] == 0) == (keep == "final")
+
+
+@pytest.mark.slow
+def test_a_run_that_ends_between_validations_validates_its_final_weights(
+    tmp_path: Path, survey, lite0_weights: Path
+) -> None:
+    """5 steps of 2-step epochs: validations at steps 2 and 4 and, as the run ends, at step 5, so the final
+    weights the bundle keeps have their own scores."""
+    config = write_config(
+        tmp_path / "train.yaml",
+        f"""
+data: {{images: [{survey.image}], labels: {survey.labels}, classes: {{1: soil, 2: crust, 3: lichen, 4: moss}}}}
+model: {{encoder: tu-efficientnet_lite0, weights: {lite0_weights}}}
+train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, epochs: 3, refit: false}}
+""",
+    )
+    result = train(load_config(config), tmp_path / "bundle", max_steps=5, emit=lambda _: None, progress_bar=False)
+    assert result.steps == 5
+    with (tmp_path / "bundle.train" / "logs" / "metrics.csv").open() as f:
+        validated = [int(r["step"]) for r in csv.DictReader(f) if r.get("val/miou")]
+    assert validated[-1] >= 4 and len(validated) == 3, validated
+    recorded = json.loads((tmp_path / "bundle" / "geoseg.json").read_text())
+    assert recorded["recipe"]["keep"] == "final" and recorded["metrics"] is not None
 
 
 def test_quality_mask_command_flags_glare_and_keeps_the_grid(tmp_path: Path, survey) -> None:
