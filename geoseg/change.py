@@ -27,7 +27,7 @@ from shapely.geometry.base import BaseGeometry
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import InputError
 from geoseg.io.classmap import hex_rgba, read_class_table
-from geoseg.io.raster import GridSpec, atomic_path, ensure_writable, open_raster, verify_readable
+from geoseg.io.raster import GridSpec, atomic_path, cap_gdal_cache, ensure_writable, open_raster, verify_readable
 from geoseg.io.vector import aoi_geometry, inside_window
 from geoseg.polygons import check_class_map, square_metres_factor
 
@@ -81,6 +81,7 @@ def compare_series(maps: list[Path], out_dir: Path, classes: list[ClassSpec] | N
     file, any CRS), only pixels whose centre lies inside it count, in the transitions and the cover alike.
     With ``grid`` (a raster file), every pair is compared on its grid instead of the earlier map's.
     """
+    cap_gdal_cache()  # a scan over whole maps would otherwise fill GDAL's cache (5 % of memory)
     maps = [Path(m) for m in maps]
     if len(maps) < 2:
         raise InputError("needs at least two class maps, in date order", maps[0] if maps else out_dir)
