@@ -134,12 +134,15 @@ def read_class_table(path: str | Path) -> list[ClassSpec] | None:
 
 
 def class_names(ds: rasterio.DatasetReader, classes: Sequence[ClassSpec] | None = None) -> dict[int, str]:
-    """Class id -> name: from ``classes`` when given, else the class table, else the band's ``CLASS_<id>`` tags."""
+    """Class id -> name: from ``classes`` when given, else the class table, else (no table, an empty or a
+    damaged one) the band's ``CLASS_<id>`` tags. The QGIS plugin's reader (styling.py) follows the same rule."""
     if classes:
         return {int(c.id): c.name for c in classes}
     try:
-        return {int(c["id"]): str(c["name"]) for c in json.loads(ds.tags().get(CLASSES_TAG, "[]"))}
-    except (ValueError, TypeError, KeyError):
+        table = {int(c["id"]): str(c["name"]) for c in json.loads(ds.tags().get(CLASSES_TAG, "[]"))}
+        if table:
+            return table
+    except (ValueError, TypeError, KeyError, AttributeError):
         pass  # a damaged tag: fall back to the band's CLASS_<id> tags
     names = {}
     for key, name in ds.tags(1).items():

@@ -38,13 +38,26 @@ def categorized_renderer(classes: list[BundleClass]) -> QgsCategorizedSymbolRend
 
 
 def class_map_classes(path: str) -> list[BundleClass]:
-    """The class table geoseg stores in its class maps (the GEOSEG_CLASSES tag), for when no bundle is given."""
+    """The classes of a geoseg class map, for when no bundle is given: its class table (GEOSEG_CLASSES tag),
+    else (no table, an empty or a damaged one) the band's CLASS_<id> names with the colour table's colours.
+    geoseg's own reader (geoseg/io/classmap.py, class_names) follows the same rule; a test compares them."""
     from osgeo import gdal
 
     dataset = gdal.OpenEx(path, gdal.OF_RASTER)
-    text = dataset.GetMetadataItem(CLASSES_TAG) if dataset is not None else None
+    if dataset is None:
+        return []
+    classes = parse_class_table(dataset.GetMetadataItem(CLASSES_TAG) or "")
+    if not classes:
+        band = dataset.GetRasterBand(1)
+        colors = band.GetColorTable()
+        for key, name in sorted((band.GetMetadata() or {}).items()):
+            if key.startswith("CLASS_") and key[6:].isdigit():
+                class_id = int(key[6:])
+                known = colors is not None and class_id < colors.GetCount()
+                red, green, blue = colors.GetColorEntry(class_id)[:3] if known else (128, 128, 128)
+                classes.append(BundleClass(class_id, name, f"#{red:02x}{green:02x}{blue:02x}"))
     dataset = None
-    return parse_class_table(text or "")
+    return sorted(classes, key=lambda c: c.id)
 
 
 def style_layer(layer: QgsMapLayer, classes: list[BundleClass]) -> None:

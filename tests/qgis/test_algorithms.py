@@ -354,3 +354,31 @@ def test_landscape_metrics_per_zone_from_a_memory_layer(segmented, provider, tmp
     assert "edge_density" in table.fields().names() and "convex_edge_share" in table.fields().names()
     del table, plots, classes
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("table", ["good", "damaged"])
+def test_the_plugins_class_table_reader_agrees_with_geosegs(segmented, tmp_path: Path, table: str) -> None:
+    """The plugin cannot import geoseg, so it reads the class map's GEOSEG_CLASSES tag itself: on the same
+    file it must give what geoseg's own lenient reader (io/classmap.py, class_names) gives."""
+    import shutil
+    import subprocess
+
+    from geoseg_qgis.styling import class_map_classes
+    from osgeo import gdal
+
+    from conftest import GEOSEG_PYTHON
+
+    path = tmp_path / "classes.tif"
+    shutil.copy(segmented["results"]["OUTPUT"], path)
+    if table == "damaged":
+        dataset = gdal.Open(str(path), gdal.GA_Update)
+        dataset.SetMetadataItem("GEOSEG_CLASSES", "[{'id': 1")  # not JSON: geoseg falls back to band tags
+        dataset = None
+    script = (
+        "import json, sys, rasterio\nfrom geoseg.io.classmap import class_names\n"
+        "with rasterio.open(sys.argv[1]) as ds:\n    print(json.dumps(class_names(ds)))\n"
+    )
+    run = subprocess.run([str(GEOSEG_PYTHON), "-c", script, str(path)], capture_output=True, text=True, check=True)
+    geosegs = {int(k): v for k, v in json.loads(run.stdout).items()}
+    plugins = {c.id: c.name for c in class_map_classes(str(path))}
+    assert plugins == geosegs and len(plugins) == 2  # background, building: from the band tags when damaged
