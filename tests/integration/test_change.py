@@ -205,3 +205,48 @@ def test_a_grid_of_the_users_choice_and_maps_that_do_not_meet(tmp_path: Path) ->
     refused = change_cli(before, far, "--out-dir", tmp_path / "out2")
     assert refused.returncode == 2 and "does not overlap" in refused.stderr, refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "out2").exists()
+
+
+def _labelled_tile(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    from geoseg.data.labels import labels_on_grid
+
+    specs = [ClassSpec(str(v), v, n, "#808080") for v, n in ((1, "forest"), (2, "water"), (3, "road"),
+                                                              (4, "building"))]  # fmt: skip
+    tile = shared_data("new_brunswick", "23322E759967N_clipped_1m_1of2.tif")
+    grid = read_info(tile).grid
+    index = labels_on_grid(shared_data("new_brunswick", "BakerLake_2017_clipped.gpkg"), "Quatreclasses", specs, grid)
+    ids = np.where(index == 255, 255, np.array([1, 2, 3, 4, *[255] * 252], dtype=np.uint8)[index]).astype(np.uint8)
+    return write_class_map(tmp_path / "tile1.tif", ids, grid, specs, overwrite=True), ids
+
+
+def test_a_real_map_against_itself_and_against_a_shifted_copy(tmp_path: Path) -> None:
+    """new_brunswick's labelled tile against itself: a diagonal matrix whose diagonal is each class's pixel
+    count. Against a copy placed 10 px further east: exactly the pairs (pixel, the pixel 10 px west of it)."""
+    path, ids = _labelled_tile(tmp_path)
+    run = change_cli(path, path, "--out-dir", tmp_path / "same")
+    assert run.returncode == 0, run.stderr
+    pixels = np.array(json.loads((tmp_path / "same" / "transitions.json").read_text())["pixels"])
+    counts = np.bincount(ids[ids != 255], minlength=5)[1:5]
+    assert (pixels == np.diag(np.diag(pixels))).all() and list(np.diag(pixels)) == list(counts)
+    with rasterio.open(path) as ds:
+        profile, transform = ds.profile, ds.transform
+    shifted = tmp_path / "shifted.tif"
+    profile.update(transform=transform * rasterio.Affine.translation(10, 0))
+    with rasterio.open(path) as src, rasterio.open(shifted, "w", **profile) as dst:
+        dst.write(src.read())
+        dst.update_tags(**src.tags())
+    run = change_cli(path, shifted, "--out-dir", tmp_path / "shifted_out")
+    assert run.returncode == 0, run.stderr
+    pixels = np.array(json.loads((tmp_path / "shifted_out" / "transitions.json").read_text())["pixels"])
+    a, b = ids[:, 10:], ids[:, :-10]
+    valid = (a != 255) & (b != 255)
+    expected = [[int(((a == i) & (b == j) & valid).sum()) for j in (1, 2, 3, 4)] for i in (1, 2, 3, 4)]
+    assert pixels.tolist() == expected
+
+
+def test_an_image_is_not_a_class_map(tmp_path: Path) -> None:
+    image = shared_data("new_brunswick", "23322E759967N_clipped_1m_1of2.tif")
+    path, _ = _labelled_tile(tmp_path)
+    run = change_cli(path, image, "--out-dir", tmp_path / "out")
+    assert run.returncode == 2 and "is not a class map" in run.stderr and image.name in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
