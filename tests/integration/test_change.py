@@ -242,6 +242,33 @@ def test_a_real_map_against_itself_and_against_a_shifted_copy(tmp_path: Path) ->
     valid = (a != 255) & (b != 255)
     expected = [[int(((a == i) & (b == j) & valid).sum()) for j in (1, 2, 3, 4)] for i in (1, 2, 3, 4)]
     assert pixels.tolist() == expected
+    # the shifted copy reprojected to another CRS (UTM 20N, 0.6 m): geoseg reads it back onto the tile's
+    # grid as GDAL's nearest-neighbour warp does, so the counts are numpy's over that warp
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    other = tmp_path / "other_crs.tif"
+    with rasterio.open(shifted) as src:
+        dst_transform, width, height = calculate_default_transform(src.crs, "EPSG:32620", src.width, src.height,
+                                                                   *src.bounds, resolution=0.6)  # fmt: skip
+        profile.update(crs="EPSG:32620", transform=dst_transform, width=width, height=height)
+        with rasterio.open(other, "w", **profile) as dst:
+            reproject(rasterio.band(src, 1), rasterio.band(dst, 1), resampling=Resampling.nearest)
+            dst.update_tags(**src.tags())
+    back = np.full(ids.shape, 255, np.uint8)
+    with rasterio.open(other) as src:
+        reproject(rasterio.band(src, 1), back, dst_transform=transform, dst_crs=profile_crs(path),
+                  resampling=Resampling.nearest, dst_nodata=255)  # fmt: skip
+    run = change_cli(path, other, "--out-dir", tmp_path / "other_out")
+    assert run.returncode == 0, run.stderr
+    pixels = np.array(json.loads((tmp_path / "other_out" / "transitions.json").read_text())["pixels"])
+    valid = (ids != 255) & (back != 255)
+    expected = [[int(((ids == i) & (back == j) & valid).sum()) for j in (1, 2, 3, 4)] for i in (1, 2, 3, 4)]
+    assert pixels.sum() > 10_000 and pixels.tolist() == expected
+
+
+def profile_crs(path: Path):
+    with rasterio.open(path) as ds:
+        return ds.crs
 
 
 def test_an_image_is_not_a_class_map(tmp_path: Path) -> None:
