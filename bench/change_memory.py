@@ -27,7 +27,7 @@ from rasterio.windows import Window
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from geoseg.change import ROWS_PER_STRIP  # noqa: E402
+from geoseg.change_maps import ROWS_PER_STRIP  # noqa: E402
 
 
 def write_map(path: Path, size: int, seed: int, shift: float) -> Path:

@@ -379,7 +379,7 @@ def landscape(classes: xr.DataArray, model: Model | None = None, level: str = "c
     """
     import pandas as pd
 
-    from geoseg.landscape import LEVELS, array_metrics
+    from geoseg.landscape_metrics import LEVELS, array_metrics
     from geoseg.polygons import square_metres_factor
 
     if level not in LEVELS:

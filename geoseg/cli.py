@@ -572,7 +572,7 @@ def change(
 
     Example: geoseg change plot3_2023.tif plot3_2024.tif plot3_2025.tif --out-dir plot3_change
     """
-    from geoseg.change import compare_series
+    from geoseg.change_maps import compare_series
 
     classes = bundle_classes(model)
     series = compare_series(maps, out_dir, classes=classes, overwrite=overwrite, aoi=aoi, grid=grid)
@@ -640,7 +640,7 @@ def landscape(
     Example: geoseg landscape plot3_2025_classes.tif --by plots.gpkg --zone-field plot -o plot_metrics.csv
     """
     from geoseg.io.raster import ensure_writable
-    from geoseg.landscape import UNITS, check_output, landscape_metrics, write_edges_figure, write_metrics
+    from geoseg.landscape_metrics import UNITS, check_output, landscape_metrics, write_edges_figure, write_metrics
 
     target = out or Path(f"{class_map.stem}_landscape.csv")
     check_output(target, overwrite)  # before the work, not after it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,21 @@ def _security(options: ClusterOptions):
     )
 
 
+class _DaskCancelNoise(logging.Filter):
+    """distributed's ``sync`` logs a NameError from its own cancel callback when Ctrl-C lands before the call
+    it waits on has started (its ``future`` is not bound yet). The interruption itself is handled; only
+    that traceback on stderr is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "sync.<locals>.cancel" not in record.getMessage()
+
+
+def quiet_dask_interrupt_noise() -> None:
+    logger = logging.getLogger("tornado.application")
+    if not any(isinstance(f, _DaskCancelNoise) for f in logger.filters):
+        logger.addFilter(_DaskCancelNoise())
+
+
 @contextlib.contextmanager
 def dask_client(
     options: ClusterOptions, dashboard: bool = True, otherwise: str = "leave out --scheduler to use this machine"
@@ -65,6 +81,7 @@ def dask_client(
     """
     from distributed import Client, LocalCluster
 
+    quiet_dask_interrupt_noise()
     if options.scheduler is None:
         cluster = LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
                                dashboard_address=":0" if dashboard else None)  # fmt: skip

@@ -190,6 +190,10 @@ def test_change_and_landscape_of_class_map_arrays_are_the_commands_numbers(surve
     own class table."""
     import pylandstats
 
+    import geoseg.change_maps  # importing the modules must not hide the API's functions
+    import geoseg.landscape_metrics
+
+    assert callable(geoseg.change) and callable(geoseg.landscape)
     classes = rioxarray.open_rasterio(survey_cli[0]).squeeze("band", drop=True)
     ids = classes.values
     changed = classes.copy(data=np.where(np.arange(ids.shape[0])[:, None] < 64, np.uint8(3), ids))

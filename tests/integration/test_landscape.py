@@ -20,7 +20,7 @@ from geoseg.config import ClassSpec
 from geoseg.data.labels import labels_on_grid
 from geoseg.io.classmap import write_class_map
 from geoseg.io.raster import GridSpec, read_info
-from geoseg.landscape import CLASS_METRICS, LANDSCAPE_METRICS
+from geoseg.landscape_metrics import CLASS_METRICS, LANDSCAPE_METRICS
 from tests.conftest import shared_data
 
 SPECS = [ClassSpec(str(v), v, n, "#808080") for v, n in ((1, "forest"), (2, "water"), (3, "road"), (4, "building"))]
