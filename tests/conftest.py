@@ -101,3 +101,17 @@ def signal_once_ready(
         watchdog.cancel()
         if process.poll() is None:
             process.kill()
+
+
+def noise_mosaic(path: Path, size: int) -> Path:
+    """A uint8 RGB mosaic of uniform noise (UTM, 5 cm pixels): a random network makes a map of it whose
+    polygons take seconds to make, which interruption tests need."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8", "crs": "EPSG:32633",
+               "transform": from_origin(500_000, 5_000_000, 0.05, 0.05), "tiled": True}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.random.default_rng(0).integers(0, 256, (3, size, size), dtype=np.uint8))
+    return path

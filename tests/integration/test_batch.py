@@ -20,7 +20,7 @@ import torch
 from geoseg.demo_data import make_survey
 from geoseg.infer.run import InferOptions, segment_mosaic
 from geoseg.progress import Progress, ProgressMode
-from tests.conftest import make_random_bundle, shared_data
+from tests.conftest import make_random_bundle, noise_mosaic, shared_data
 from tests.dask_cluster import loopback_cluster
 
 pytestmark = pytest.mark.slow
@@ -275,12 +275,7 @@ def test_ctrl_c_while_polygons_are_made_stops_at_once_and_resume_makes_them(tmp_
     """Ctrl-C while a mosaic's polygons are being made (here a noisy 2048 px map, coverage-simplified: seconds
     of work) stops the batch without waiting for them: exit 130, no temporary file, the mosaic recorded as
     interrupted; --resume then makes its polygons."""
-    rng = np.random.default_rng(0)
-    mosaic = tmp_path / "noise.tif"
-    profile = {"driver": "GTiff", "width": 2048, "height": 2048, "count": 3, "dtype": "uint8", "crs": "EPSG:32633",
-               "transform": rasterio.transform.from_origin(500_000, 5_000_000, 0.05, 0.05), "tiled": True}  # fmt: skip
-    with rasterio.open(mosaic, "w", **profile) as dst:
-        dst.write(rng.integers(0, 256, (3, 2048, 2048), dtype=np.uint8))
+    mosaic = noise_mosaic(tmp_path / "noise.tif", 2048)
     out = tmp_path / "out"
     command = batch_command(out, bundle, mosaic, extra=("--workers", "2", "--simplify", "0.2", "--progress", "none"))
     batch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

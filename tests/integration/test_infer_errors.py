@@ -21,7 +21,7 @@ import pytest
 import rasterio
 import torch
 
-from tests.conftest import make_random_bundle, shared_data, signal_once_ready
+from tests.conftest import make_random_bundle, noise_mosaic, shared_data, signal_once_ready
 from tests.integration.test_cli_errors import CLI_TIMEOUT_S, assert_refused, cli_env, run_cli, snapshot
 
 NB_IMAGE = ("new_brunswick", "23322E759967N_clipped_1m_2of2.tif")  # 3-band uint8, 326 × 482, EPSG:2953
@@ -232,12 +232,7 @@ def test_a_signal_while_polygons_are_made_keeps_the_class_map_and_nothing_half_w
 ) -> None:
     """The class map is finished when polygons start (a noisy 1536 px map, coverage-simplified: seconds of
     work). A signal then: exit 130, the class map kept whole, no polygons, areas or temporary file."""
-    rng = np.random.default_rng(0)
-    mosaic = tmp_path / "noise.tif"
-    profile = {"driver": "GTiff", "width": 1536, "height": 1536, "count": 3, "dtype": "uint8", "crs": "EPSG:32633",
-               "transform": rasterio.transform.from_origin(500_000, 5_000_000, 0.05, 0.05), "tiled": True}  # fmt: skip
-    with rasterio.open(mosaic, "w", **profile) as dst:
-        dst.write(rng.integers(0, 256, (3, 1536, 1536), dtype=np.uint8))
+    mosaic = noise_mosaic(tmp_path / "noise.tif", 1536)
     command = [sys.executable, "-m", "geoseg", "infer", str(mosaic), "--model", str(bundles["rgb128"]),
                "--out-dir", str(OUT), "--simplify", "0.2", "--progress", "json"]  # fmt: skip
     code, seen, rest = signal_once_ready(command, tmp_path, "polygons", 0, sent, env=cli_env(), timeout_s=CLI_TIMEOUT_S)
