@@ -29,7 +29,7 @@ from geoseg.errors import InputError
 from geoseg.io.classmap import hex_rgba, read_class_table
 from geoseg.io.raster import GridSpec, atomic_path, cap_gdal_cache, ensure_writable, open_raster, verify_readable
 from geoseg.io.vector import aoi_geometry, inside_window
-from geoseg.polygons import check_class_map, square_metres_factor
+from geoseg.polygons import check_class_map, class_pixel_counts, square_metres_factor
 
 NO_CHANGE_CODE = 65535  # the change map's nodata: a pixel not valid in both maps
 ROWS_PER_STRIP = 512
@@ -63,7 +63,7 @@ class ChangeResult:
 @dataclass(frozen=True)
 class SeriesResult:
     pairs: list[ChangeResult]  # consecutive pairs, in date order
-    cover: list[dict]  # one row per date and class (see ``cover_rows``)
+    cover: list[dict]  # one row per date and class (see ``cover_rows``); empty for two maps
     outputs: dict[str, Path]
 
 
@@ -92,16 +92,18 @@ def compare_series(maps: list[Path], out_dir: Path, classes: list[ClassSpec] | N
     for index in range(len(maps) - 1):
         for name in OUTPUT_NAMES.values():
             ensure_writable((pair_folder(out_dir, index) if series else out_dir) / name, overwrite)
-    for path in maps:
+    for path in maps:  # every map checked (and read through once) before any output is written
         with open_raster(path) as ds:
             check_class_map(ds, path)
+        verify_readable(path)
     specs = classes or _shared_class_table(maps)
-    pairs = [compare_maps(a, b, pair_folder(out_dir, k) if series else out_dir, specs, overwrite, aoi, grid)
+    pairs = [_compare_pair(a, b, pair_folder(out_dir, k) if series else out_dir, specs, aoi, grid)
              for k, (a, b) in enumerate(itertools.pairwise(maps))]  # fmt: skip
+    if not series:
+        return SeriesResult(pairs, [], outputs)
     every_class = {spec.id: spec for pair in pairs for spec in pair.classes}
     cover = cover_rows(maps, [every_class[i] for i in sorted(every_class)], aoi)
-    if series:
-        _write_cover(cover, outputs)
+    _write_cover(cover, outputs)
     return SeriesResult(pairs, cover, outputs)
 
 
@@ -121,40 +123,25 @@ def cover_rows(maps: list[Path], classes: list[ClassSpec], aoi: Path | None = No
 
 
 def _class_counts(path: Path, aoi: Path | None) -> tuple[np.ndarray, float | None]:
-    """Pixels per class id (256) over the valid pixels (inside ``aoi``), streamed; and m² per pixel."""
-    counts = np.zeros(256, dtype=np.int64)
+    """Pixels per class id over the valid pixels (inside ``aoi``), streamed; and m² per pixel."""
     with open_raster(path) as ds:
         grid = GridSpec(ds.crs, ds.transform, ds.width, ds.height)
-        area = aoi_geometry(aoi, grid, path) if aoi is not None else None
-        for window in _strips(ds.height, ds.width):
-            values = ds.read(1, window=window)
-            keep = (values != IGNORE_INDEX) & _not_nodata(values, ds)
-            if area is not None:
-                keep &= inside_window(area, grid, window)
-            counts += np.bincount(values[keep], minlength=256)[:256]
+        counts = class_pixel_counts(ds, aoi_geometry(aoi, grid, path) if aoi is not None else None)
         to_m2 = square_metres_factor(ds.crs)
         pixel_m2 = abs(ds.transform.determinant) * to_m2 if to_m2 else None
     return counts, pixel_m2
 
 
-def compare_maps(before: Path, after: Path, out_dir: Path, classes: list[ClassSpec] | None = None,
-                 overwrite: bool = False, aoi: Path | None = None,
-                 grid: Path | None = None) -> ChangeResult:  # fmt: skip
-    """The transition matrix of ``before`` → ``after`` and the change map, written into ``out_dir``.
+def _compare_pair(before: Path, after: Path, out_dir: Path, specs: list[ClassSpec], aoi: Path | None,
+                  grid: Path | None) -> ChangeResult:  # fmt: skip
+    """The transition matrix of ``before`` → ``after`` and the change map, written into ``out_dir``
+    (``compare_series`` has checked the maps and the outputs).
 
     Both maps are read onto ``grid``'s grid (a raster file: its CRS, transform and size), else onto
     ``before``'s, with nearest neighbour. With ``aoi``, only pixels inside it count (and the change map is
     nodata outside it).
     """
-    before, after = Path(before), Path(after)
     outputs = {key: out_dir / name for key, name in OUTPUT_NAMES.items()}
-    for path in outputs.values():
-        ensure_writable(path, overwrite)
-    for path in (before, after):
-        with open_raster(path) as ds:
-            check_class_map(ds, path)
-        verify_readable(path)
-    specs = classes or _shared_class_table([before, after])
     with open_raster(grid or before) as reference:
         target = GridSpec(reference.crs, reference.transform, reference.width, reference.height)
     if target.crs is None:
@@ -262,8 +249,6 @@ def _on_grid(path: Path, grid: GridSpec) -> Iterator:
         if (ds.crs, ds.transform, ds.width, ds.height) == (grid.crs, grid.transform, grid.width, grid.height):
             yield ds
             return
-        if ds.crs is None:
-            raise InputError("has no CRS, so it cannot be placed on the other map's grid", path)
         with WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                        resampling=Resampling.nearest, nodata=IGNORE_INDEX) as vrt:  # fmt: skip
             yield vrt

@@ -45,11 +45,13 @@ import rasterio.features
 import shapely
 from affine import Affine
 from rasterio.windows import Window
+from shapely.geometry.base import BaseGeometry
 
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import Cancelled, ConfigError, InputError, OutputError
 from geoseg.io.classmap import class_names
-from geoseg.io.raster import atomic_path, ensure_writable, open_raster, verify_readable
+from geoseg.io.raster import GridSpec, atomic_path, ensure_writable, open_raster, verify_readable
+from geoseg.io.vector import inside_window
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -109,7 +111,7 @@ def vectorize_class_map(
         crs = ds.crs
         threshold = _area_threshold(min_area, min_pixels, abs(ds.transform.determinant))
         features = rasterio.features.shapes(rasterio.band(ds, 1), connectivity=connectivity)
-        found = _polygonize(features, _nodata_values(ds.nodata), threshold, simplify, cancel)
+        found = _polygonize(features, nodata_ids(ds.nodata), threshold, simplify, cancel)
 
     _stop_if(cancel)
     _write(out, driver, polygon_frame(found.polygons, found.ids, names, crs))
@@ -136,7 +138,7 @@ def class_map_polygons(
     names = {int(c.id): c.name for c in classes} if classes else {}
     threshold = _area_threshold(min_area, min_pixels, abs(transform.determinant))
     features = rasterio.features.shapes(class_map, transform=transform, connectivity=connectivity)
-    found = _polygonize(features, _nodata_values(nodata), threshold, simplify)
+    found = _polygonize(features, nodata_ids(nodata), threshold, simplify)
     return polygon_frame(found.polygons, found.ids, names, crs)
 
 
@@ -192,16 +194,11 @@ def class_areas(class_map: str | Path, classes: Sequence[ClassSpec] | None = Non
     verify_readable(class_map)  # GDAL's polygonize skips unreadable tiles silently: an empty layer, exit 0
     with open_raster(class_map) as ds:
         names = class_names(ds, classes)
-        skip = _nodata_values(ds.nodata)
-        counts = np.zeros(256 if ds.dtypes[0] == "uint8" else 65536, dtype=np.int64)
-        for window in _strips(ds.width, ds.height):
-            counts += np.bincount(ds.read(1, window=window).ravel(), minlength=counts.size)
+        skip = nodata_ids(ds.nodata)
+        counts = class_pixel_counts(ds)
         crs = ds.crs
         pixel_area = abs(ds.transform.determinant)
     to_m2 = square_metres_factor(crs)
-    for value in skip:
-        if value < counts.size:
-            counts[value] = 0
     valid = int(counts.sum())
     ids = sorted(set(names) - skip | {int(i) for i in np.flatnonzero(counts)})
     rows = []
@@ -230,6 +227,22 @@ def class_areas(class_map: str | Path, classes: Sequence[ClassSpec] | None = Non
         "valid_area_m2": valid * pixel_area * to_m2 if to_m2 else None,
         "classes": rows,
     }
+
+
+def class_pixel_counts(ds: rasterio.DatasetReader, area: BaseGeometry | None = None) -> np.ndarray:
+    """Pixels per class id of an open class map, streamed in strips of full rows (at most 16 Mpx each);
+    nodata values count 0. With ``area`` (in the map's CRS), only pixels whose centre lies inside it count."""
+    counts = np.zeros(256 if ds.dtypes[0] == "uint8" else 65536, dtype=np.int64)
+    grid = GridSpec(ds.crs, ds.transform, ds.width, ds.height)
+    for window in _strips(ds.width, ds.height):
+        values = ds.read(1, window=window)
+        if area is not None:
+            values = values[inside_window(area, grid, window)]
+        counts += np.bincount(values.ravel(), minlength=counts.size)
+    for value in nodata_ids(ds.nodata):
+        if value < counts.size:
+            counts[value] = 0
+    return counts
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -268,8 +281,8 @@ def check_class_map(ds: rasterio.DatasetReader, path: Path) -> None:
                          "(gdal_edit.py -a_srs EPSG:…) and run again", path)  # fmt: skip
 
 
-def _nodata_values(nodata: float | None) -> set[int]:
-    """255 never is a class id (ids are 0-254); a different nodata value set on the map is skipped too."""
+def nodata_ids(nodata: float | None) -> set[int]:
+    """The values of a class map that are not classes: 255 (ids are 0-254), and the map's own nodata value."""
     skip = {IGNORE_INDEX}
     if nodata is not None and float(nodata).is_integer():
         skip.add(int(nodata))
