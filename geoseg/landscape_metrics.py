@@ -17,15 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rasterio.windows import Window
 
 from geoseg.boundary import edge_shape, write_edges_png
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import InputError
 from geoseg.io.classmap import class_names, read_class_table
 from geoseg.io.raster import GridSpec, atomic_path, ensure_writable, open_raster, verify_readable
-from geoseg.io.vector import aoi_geometry, inside_window, rasterize_region, read_vector
-from geoseg.polygons import check_class_map, square_metres_factor
+from geoseg.io.vector import aoi_geometry, rasterize_region, read_vector
+from geoseg.polygons import check_class_map, nodata_ids, square_metres_factor
 
 LEVELS = ("class", "landscape", "patch")
 # pylandstats' names; units as pylandstats gives them for a pixel size in metres
@@ -68,15 +67,11 @@ def landscape_metrics(
         names = class_names(ds, classes)
         grid = GridSpec(ds.crs, ds.transform, ds.width, ds.height)
         res = (abs(ds.transform.a) * math.sqrt(to_m2), abs(ds.transform.e) * math.sqrt(to_m2))
-        skip = {IGNORE_INDEX} | ({int(ds.nodata)} if ds.nodata is not None else set())
     verify_readable(class_map)
-    with open_raster(class_map) as ds:
-        values = ds.read(1)
-    values = np.where(np.isin(values, list(skip)), IGNORE_INDEX, values).astype(np.uint8)
+    values = _class_ids(class_map)
     if aoi is not None:  # outside the area of interest is outside the landscape
-        area = aoi_geometry(Path(aoi), grid, class_map)
-        values = np.where(inside_window(area, grid, Window(0, 0, grid.width, grid.height)), values, IGNORE_INDEX)
-        values = values.astype(np.uint8)
+        inside = rasterize_region([aoi_geometry(Path(aoi), grid, class_map)], grid)
+        values = np.where(inside, values, IGNORE_INDEX).astype(np.uint8)
     if zones is None:
         parts: list[tuple[object, np.ndarray]] = [(None, values)]
     else:
@@ -159,8 +154,12 @@ def write_edges_figure(class_map: str | Path, out: Path, classes: Sequence[Class
     class_map = Path(class_map)
     ensure_writable(out, overwrite)
     specs = list(classes or read_class_table(class_map) or [])
+    return write_edges_png(_class_ids(class_map), {c.id: c.color for c in specs}, out)
+
+
+def _class_ids(class_map: Path) -> np.ndarray:
+    """The whole map's class ids, every value that is not a class (``nodata_ids``) as 255."""
     with open_raster(class_map) as ds:
         values = ds.read(1)
-        skip = {IGNORE_INDEX} | ({int(ds.nodata)} if ds.nodata is not None else set())
-    values = np.where(np.isin(values, list(skip)), IGNORE_INDEX, values).astype(np.uint8)
-    return write_edges_png(values, {c.id: c.color for c in specs}, out)
+        skip = nodata_ids(ds.nodata)
+    return np.where(np.isin(values, list(skip)), IGNORE_INDEX, values).astype(np.uint8)
