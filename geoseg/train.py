@@ -443,10 +443,7 @@ def _fit(
     best = _best_state(checkpoint) if t.keep == "best" else None
     if best is not None:
         task.load_state_dict(best)
-    best_step = None
-    if task.history:
-        best_index = max(range(len(task.history)), key=lambda i: np.nan_to_num(task.history[i].miou, nan=-1.0))
-        best_step = task.history_steps[best_index]
+    best_step = task.history_steps[_best_index(task)] if task.history else None
     task.targets = targets  # for the bundle's adaptation record
     return _Fit(task, ts, trainer.global_step, trainer.current_epoch, best_step)
 
@@ -496,9 +493,12 @@ def _kept_scores(task: SegmentationTask, keep: str) -> SegmentationScores | None
     """The validation scores of the weights the bundle keeps: the best validation's, or the last one's."""
     if not task.history:
         return None
-    if keep == "final":
-        return task.history[-1]
-    return max(task.history, key=lambda s: np.nan_to_num(s.miou, nan=-1.0))
+    return task.history[-1 if keep == "final" else _best_index(task)]
+
+
+def _best_index(task: SegmentationTask) -> int:
+    """The validation with the best mIoU (the earliest on ties; NaN counts as worst)."""
+    return max(range(len(task.history)), key=lambda i: np.nan_to_num(task.history[i].miou, nan=-1.0))
 
 
 def class_weights(ts: TrainingSet, n_classes: int) -> torch.Tensor:

@@ -22,8 +22,7 @@ class Finisher:
     def __init__(self) -> None:
         self.cancel = threading.Event()
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._outputs: dict[Future, list[Path]] = {}
-        self._on_abandon: dict[Future, Callable[[], None]] = {}
+        self._submitted: dict[Future, tuple[list[Path], Callable[[], None]]] = {}  # outputs, on_abandon
         self._thread = threading.Thread(target=self._serve, name="geoseg-finish", daemon=True)
         self._thread.start()
 
@@ -31,8 +30,7 @@ class Finisher:
         """Run ``job`` after the ones before it. If an interruption abandons it, its ``outputs``' temporary
         files are removed and ``on_abandon`` runs (on the closing thread)."""
         future: Future = Future()
-        self._outputs[future] = list(outputs)
-        self._on_abandon[future] = on_abandon
+        self._submitted[future] = (list(outputs), on_abandon)
         self._jobs.put((future, job))
         return future
 
@@ -40,15 +38,15 @@ class Finisher:
         """Wait for every job; when ``interrupted``, only briefly, then clean up after the unfinished ones."""
         if interrupted:
             self.cancel.set()
-            for future in self._outputs:
+            for future in self._submitted:
                 future.cancel()  # the queued ones: they never start
         self._jobs.put(None)
         self._thread.join(timeout=GRACE_S if interrupted else None)
-        for future, outputs in self._outputs.items():
+        for future, (outputs, on_abandon) in self._submitted.items():
             if not future.done() or future.cancelled():
                 for path in outputs:
                     remove_stale_partials(path)
-                self._on_abandon[future]()
+                on_abandon()
 
     def _serve(self) -> None:
         while (item := self._jobs.get()) is not None:
