@@ -93,8 +93,9 @@ VARIANTS: dict[str, dict] = {
     "wd-1e-4": {"weight_decay": 1e-4},
     "tile-512": {"tile_size": 512},
     "ce-only": {"loss": "ce"},
+    # With keep: final the refit trains as long as the first run did (before 2026-11-30: up to its best step).
     "refit": {"refit": True},
-    "refit-ce": {"refit": True, "loss": "ce"},  # bench/RESULTS.md: the refit's length follows a noisy best step
+    "refit-ce": {"refit": True, "loss": "ce"},
     # The default keeps the final weights; a run that does also scores its best-validation checkpoint, so
     # both choices come from one training (rows "<variant>" and "<variant>@best"; bench/RESULTS.md).
     "final": {"keep": "final"},
@@ -321,14 +322,18 @@ def run_geoseg(case: Case, seed: int, variant: str, max_steps: int | None, folde
     device_name = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
     runs = [Run(case.name, f"geoseg:{variant}", seed, _evaluate(case, class_map), steps=result.steps,
                 tile=bundle.meta.tile_size, seconds=seconds, device=device_name)]  # fmt: skip
-    best = folder / "model.train" / "checkpoints" / "best.ckpt"
-    if VARIANTS[variant].get("keep", "final") == "final" and best.exists():
-        state = torch.load(best, map_location="cpu", weights_only=False)
+    # A second row from the same training: without refit, its best-validation checkpoint ("@best"); with refit,
+    # the first run's final weights, trained without the validation strip ("@first").
+    refit = VARIANTS[variant].get("refit", False)
+    checkpoint = folder / "model.train" / "checkpoints" / ("last.ckpt" if refit else "best.ckpt")
+    if VARIANTS[variant].get("keep", "final") == "final" and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         prefix = "ema_model." if any(k.startswith("ema_model.") for k in state["state_dict"]) else "model."
         bundle.model.load_state_dict({k.removeprefix(prefix): v for k, v in state["state_dict"].items()
                                       if k.startswith(prefix)})  # fmt: skip
-        class_map = segment_file(bundle, case.test_image, folder / "test_classes_best.tif", overwrite=True)
-        runs.append(Run(case.name, f"geoseg:{variant}@best", seed, _evaluate(case, class_map),
+        suffix = "first" if refit else "best"
+        class_map = segment_file(bundle, case.test_image, folder / f"test_classes_{suffix}.tif", overwrite=True)
+        runs.append(Run(case.name, f"geoseg:{variant}@{suffix}", seed, _evaluate(case, class_map),
                         steps=int(state["global_step"]), tile=bundle.meta.tile_size, seconds=seconds,
                         device=device_name))  # fmt: skip
     return runs

@@ -305,12 +305,14 @@ def train(
               "callbacks": callbacks, "step_progress": step_progress}  # fmt: skip
     fit = _fit(cfg, images, work, resume=resume, stop_at=None, **common)
     validated = fit
-    if t.refit and fit.best_step is not None:
-        emit(f"refit: training again on the training and validation regions for {fit.best_step} of {total} steps "
-             "(the best validation step)")  # fmt: skip
+    refit_steps = _refit_steps(t, fit)
+    if refit_steps is not None:
+        which = "as many as the first run" if t.keep == "final" else "the best validation step"
+        emit(f"refit: training again on the training and validation regions for {refit_steps} of {total} steps "
+             f"({which})")  # fmt: skip
         everything = [replace(im, validation=np.zeros_like(im.validation)) for im in images]
         common["step_progress"] = refit_progress
-        fit = _fit(cfg, everything, work / "refit", resume=False, stop_at=max(1, fit.best_step), **common)
+        fit = _fit(cfg, everything, work / "refit", resume=False, stop_at=refit_steps, **common)
     task, ts = fit.task, fit.ts
     scores = _kept_scores(validated.task, t.keep)
     final = task.final_model
@@ -487,6 +489,17 @@ def weights_normalization(weights: str | None, n_bands: int) -> Normalization | 
     if not remote_sensing.is_torchgeo(weights):
         return None
     return Normalization.from_json(remote_sensing.describe(weights).normalization_json(n_bands), n_bands)
+
+
+def _refit_steps(t: TrainConfig, fit: _Fit) -> int | None:
+    """How long the refit trains: as long as the run whose weights ``keep`` chose, or None for no refit.
+
+    With ``keep: final`` the refit repeats the first run's length and schedule, so the validation strip only
+    measures and the kept model has seen every label; with ``keep: best`` it stops at the best validation step.
+    """
+    if not t.refit or fit.best_step is None:  # no refit asked, or nothing was held out (validation fraction 0)
+        return None
+    return max(1, fit.steps if t.keep == "final" else fit.best_step)
 
 
 def _kept_scores(task: SegmentationTask, keep: str) -> SegmentationScores | None:

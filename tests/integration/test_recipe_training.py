@@ -47,8 +47,11 @@ train: {{tile_size: 64, batch_size: 2, samples_per_epoch: 4, lr: 0.001, {train_k
 
 
 @pytest.mark.slow
-def test_schedule_warms_up_and_decays_and_refit_trains_to_the_best_step(tmp_path: Path, lite0_weights: Path) -> None:
-    cfg = load_config(_config(tmp_path, lite0_weights, "steps: 8, warmup: 0.25, refit: true, ema: 0.9"))
+@pytest.mark.parametrize("keep", ["final", "best"])
+def test_schedule_warms_up_and_decays_and_refit_repeats_the_kept_length(
+    tmp_path: Path, lite0_weights: Path, keep: str
+) -> None:
+    cfg = load_config(_config(tmp_path, lite0_weights, f"steps: 8, warmup: 0.25, refit: true, ema: 0.9, keep: {keep}"))
     rates = LearningRates()
     result = train(cfg, tmp_path / "bundle", emit=lambda _: None, progress_bar=False, callbacks=[rates])
     main_run = rates.rates[:8]
@@ -56,14 +59,16 @@ def test_schedule_warms_up_and_decays_and_refit_trains_to_the_best_step(tmp_path
     assert main_run[2] == pytest.approx(0.001)
     assert all(b < a for a, b in pairwise(main_run[2:]))  # then cosine decay
     recipe = load_bundle(result.bundle).meta.extra["recipe"]
-    assert recipe["steps"] == 8 and recipe["refit"] is True and recipe["ema"] == 0.9
+    assert recipe["steps"] == 8 and recipe["refit"] is True and recipe["ema"] == 0.9 and recipe["keep"] == keep
     best = recipe["best_step"]
     assert best in (2, 4, 6, 8)  # validation after every epoch of two steps
-    # The refit run repeats the same schedule on training + validation regions and stops at the best step.
+    # The refit repeats the schedule on training + validation regions, as long as the run whose weights are kept:
+    # the whole run (keep: final), or up to its best validation step (keep: best).
     refit_rates = rates.rates[8:]
-    assert len(refit_rates) == best == result.steps
-    assert refit_rates == pytest.approx(main_run[:best])
-    assert result.scores is not None  # the validation scores of the run that chose the step
+    expected = 8 if keep == "final" else best
+    assert len(refit_rates) == expected == result.steps
+    assert refit_rates == pytest.approx(main_run[:expected])
+    assert result.scores is not None  # the validation scores of the run that held the validation region out
 
 
 @pytest.mark.slow
