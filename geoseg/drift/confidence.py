@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import batched
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from rasterio.windows import Window
 from geoseg.data.preprocess import Normalization
 from geoseg.io.raster import open_raster, read_window
 from geoseg.io.tiling import grid_offsets
+from geoseg.model.forward import batch_probabilities
 
 CONFIDENCE_THRESHOLD = 0.5  # top softmax probability below which a pixel counts as low-confidence
 SAMPLE_PIXELS = 2**22
@@ -59,23 +61,19 @@ def low_confidence_counts(
     max_pixels: int = SAMPLE_PIXELS,
 ) -> tuple[int, int, int]:
     """(low-confidence pixels, valid pixels, windows run) over a sample of ``path``'s windows."""
-    device = next(model.parameters()).device
     low = total = windows = 0
     with open_raster(path) as ds:
         sample = sample_windows(ds.height, ds.width, tile, max_pixels)
-        for start in range(0, len(sample), BATCH):
+        for chunk in batched(sample, BATCH):
             images, masks = [], []
-            for window in sample[start : start + BATCH]:
+            for window in chunk:
                 raw, valid = read_window(ds, bands, window)
                 if valid.any():
-                    image = normalization.apply(raw, valid)
-                    images.append(image)
+                    images.append(normalization.apply(raw, valid))
                     masks.append(valid)
             if not images:
                 continue
-            with torch.inference_mode():
-                logits = model(torch.from_numpy(np.stack(images)).to(device))
-                top = torch.softmax(logits.float(), dim=1).amax(dim=1).cpu().numpy()
+            top = batch_probabilities(model, images, BATCH).max(axis=1)
             valid = np.stack(masks)
             low += int((top[valid] < threshold).sum())
             total += int(valid.sum())

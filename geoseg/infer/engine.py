@@ -8,15 +8,15 @@ other windows share its batch. How windows are shared out among blocks is in ``a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
+from itertools import batched
 
 import numpy as np
 import torch
 from rasterio.windows import Window
 
 from geoseg.data.preprocess import Normalization
-from geoseg.tta import averaged_probabilities
+from geoseg.model.forward import batch_probabilities
 
 Reader = Callable[[Window], tuple[np.ndarray, np.ndarray]]
 
@@ -46,30 +46,11 @@ def forward_windows(
     origins: list[tuple[int, int]],
     spec: InferenceSpec,
 ):
-    """Softmax probabilities per window, in fixed-shape batches (the last one padded with zeros)."""
-    parameter = next(model.parameters())
-    device = parameter.device
-    tile, size = spec.tile, spec.batch_size
-    for start in range(0, len(origins), size):
-        chunk = origins[start : start + size]
-        batch = np.zeros((size, image.shape[0], tile, tile), dtype=np.float32)
-        for i, (r, c) in enumerate(chunk):
-            batch[i] = image[:, r - top : r - top + tile, c - left : c - left + tile]
-        x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
-
-        def logits_of(view: torch.Tensor) -> torch.Tensor:
-            with _autocast(device, spec.precision):
-                return model(view.contiguous(memory_format=torch.channels_last))
-
-        probs = averaged_probabilities(logits_of, x, spec.tta)[: len(chunk)].cpu().numpy()
-        yield chunk, probs
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    """Softmax probabilities per window of ``image`` (its corner at ``top, left``), ``spec.batch_size`` at a time."""
+    tile = spec.tile
+    for chunk in batched(origins, spec.batch_size):
+        windows = [image[:, r - top : r - top + tile, c - left : c - left + tile] for r, c in chunk]
+        yield chunk, batch_probabilities(model, windows, spec.batch_size, spec.precision, spec.tta)
 
 
 def predict_block(

@@ -10,9 +10,10 @@ comes from running blocks side by side instead.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from itertools import batched, islice
 
 import dask
 import numpy as np
@@ -105,7 +106,7 @@ def _run_local(jobs: list[BlockJob], scheduler: str, workers: int, on_done) -> N
     else:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     with pool:
-        for wave in _waves(jobs, 2 * workers):
+        for wave in batched(jobs, 2 * workers):
             tasks = [dask.delayed(run_block)(job) for job in wave]
             for contribution in dask.compute(*tasks, scheduler=scheduler, pool=pool):
                 on_done(contribution)
@@ -125,26 +126,11 @@ def _submit_bounded(client, jobs, workers, on_done, as_completed) -> None:
     """Keep about two blocks per worker in flight; results are written as they arrive."""
     pending = iter(jobs)
     in_flight = as_completed()
-    for job in _take(pending, 2 * workers):
+    for job in islice(pending, 2 * workers):
         in_flight.add(client.submit(run_block, job, pure=False))
     for future in in_flight:
         contribution = future.result()
         future.release()
         on_done(contribution)
-        for job in _take(pending, 1):
+        for job in islice(pending, 1):
             in_flight.add(client.submit(run_block, job, pure=False))
-
-
-def _take(items: Iterator[BlockJob], n: int) -> list[BlockJob]:
-    out = []
-    for _ in range(n):
-        item = next(items, None)
-        if item is None:
-            break
-        out.append(item)
-    return out
-
-
-def _waves(jobs: list[BlockJob], size: int) -> Iterator[list[BlockJob]]:
-    for start in range(0, len(jobs), size):
-        yield jobs[start : start + size]
