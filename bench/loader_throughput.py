@@ -64,8 +64,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # Measure the geoseg of this checkout, wherever the environment's (editable) install points.
 sys.path.insert(0, str(ROOT))
 
+from rasterio.windows import Window  # noqa: E402
+
 from geoseg.config import IGNORE_INDEX, AugmentConfig  # noqa: E402
-from geoseg.data.datasets import LabeledOrtho, PixelWindow  # noqa: E402
+from geoseg.data.datasets import LabeledOrtho  # noqa: E402
 from geoseg.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalization  # noqa: E402
 from geoseg.data.sampling import LabeledWindowSampler  # noqa: E402
 from geoseg.io.raster import read_info  # noqa: E402
@@ -268,7 +270,7 @@ def check_equivalence(inputs: Inputs, n: int = 4) -> str:
     worst_img, mask_diff = 0.0, 0
     for _ in range(n):
         r, c = (int(v) for v in rng.integers(0, info.grid.height - TILE, size=2))
-        w = PixelWindow(r, c, TILE, TILE)
+        w = Window(c, r, TILE, TILE)
         a = g.read(w)
         b = tg[g.geo_slice(w)]
         img_b = tg_normalize_batch(b["image"][None])[0]
@@ -284,11 +286,11 @@ def read_breakdown(inputs: Inputs, n: int = 40) -> list[tuple[str, float, float]
     """ms per window, first and second pass over the same ``n`` windows (GDAL block cache cold/warm)."""
     info = read_info(inputs.mosaic)
     rng = np.random.default_rng(2)
-    wins = [PixelWindow(int(r), int(c), TILE, TILE) for r, c in rng.integers(0, info.grid.height - TILE, size=(n, 2))]
+    wins = [Window(int(c), int(r), TILE, TILE) for r, c in rng.integers(0, info.grid.height - TILE, size=(n, 2))]
     bands = info.image_bands
     out = []
 
-    def two_passes(label: str, make: Callable[[], Callable[[PixelWindow], object]]) -> None:
+    def two_passes(label: str, make: Callable[[], Callable[[Window], object]]) -> None:
         f = make()
         times = []
         for _ in range(2):
@@ -301,14 +303,14 @@ def read_breakdown(inputs: Inputs, n: int = 40) -> list[tuple[str, float, float]
     def raw(**kw):
         def make():
             ds = rasterio.open(inputs.mosaic)
-            return lambda w: ds.read(bands, window=w.to_rasterio(), **kw)
+            return lambda w: ds.read(bands, window=w, **kw)
 
         return make
 
     def mask(**kw):
         def make():
             ds = rasterio.open(inputs.mosaic)
-            return lambda w: ds.dataset_mask(window=w.to_rasterio(), **kw)
+            return lambda w: ds.dataset_mask(window=w, **kw)
 
         return make
 

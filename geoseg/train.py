@@ -20,13 +20,14 @@ import segmentation_models_pytorch as smp
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from geoseg.adaptation import METHOD as ADAPTATION_METHOD
 from geoseg.adaptation import energy_term
 from geoseg.config import IGNORE_INDEX, ClassSpec, Config, TrainConfig
-from geoseg.data.datasets import ImageCollection, LabeledOrtho, PixelWindow
+from geoseg.data.datasets import ImageCollection, LabeledOrtho
 from geoseg.data.prepare import TrainingSet, build_training_set, describe, image_bands, load_images
 from geoseg.data.preprocess import Normalization
 from geoseg.data.sampling import MultiImageSampler
@@ -55,7 +56,7 @@ class TrainResult:
 class ValidationWindows(Dataset):
     """Validation windows; pixels outside each window's owned part are ignored (scored once)."""
 
-    def __init__(self, images: list[LabeledOrtho], windows: list[tuple[int, PixelWindow, PixelWindow]]) -> None:
+    def __init__(self, images: list[LabeledOrtho], windows: list[tuple[int, Window, Window]]) -> None:
         self.images = images
         self.windows = windows
 
@@ -66,7 +67,7 @@ class ValidationWindows(Dataset):
         image_index, window, owned = self.windows[i]
         sample = self.images[image_index].read(window)
         keep = torch.zeros_like(sample["mask"], dtype=torch.bool)
-        keep[owned.row - window.row :, owned.col - window.col :] = True
+        keep[owned.row_off - window.row_off :, owned.col_off - window.col_off :] = True
         sample["mask"] = torch.where(keep, sample["mask"], IGNORE_INDEX)
         return sample
 

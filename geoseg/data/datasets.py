@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +26,7 @@ from torchgeo.datasets.utils import GeoSlice
 
 from geoseg.config import IGNORE_INDEX, AugmentConfig, QualityMaskConfig
 from geoseg.data.preprocess import QUALITY_OK, Normalization, quality_codes
-from geoseg.io.raster import GridSpec, read_window
-
-
-@dataclass(frozen=True)
-class PixelWindow:
-    """A window in pixel coordinates of one image; may reach past its edges (then padded)."""
-
-    row: int
-    col: int
-    height: int
-    width: int
-
-    def to_rasterio(self) -> Window:
-        return Window(self.col, self.row, self.width, self.height)
+from geoseg.io.raster import GridSpec, clip_window, read_window
 
 
 class LabeledOrtho(GeoDataset):
@@ -87,21 +73,21 @@ class LabeledOrtho(GeoDataset):
         x, y, _ = self._disambiguate_slice(query)
         return self.read(self.pixel_window(x.start, x.stop, y.start, y.stop))
 
-    def pixel_window(self, xmin: float, xmax: float, ymin: float, ymax: float) -> PixelWindow:
+    def pixel_window(self, xmin: float, xmax: float, ymin: float, ymax: float) -> Window:
         t = self.grid.transform
         col = round((xmin - t.c) / t.a)
         row = round((ymax - t.f) / t.e)
-        return PixelWindow(row, col, round((ymin - ymax) / t.e), round((xmax - xmin) / t.a))
+        return Window(col, row, round((xmax - xmin) / t.a), round((ymin - ymax) / t.e))
 
-    def geo_slice(self, window: PixelWindow) -> tuple[slice, slice]:
+    def geo_slice(self, window: Window) -> tuple[slice, slice]:
         """The torchgeo query for a pixel window (inverse of :meth:`pixel_window`)."""
         t = self.grid.transform
-        xmin, ymax = t @ (window.col, window.row)
-        xmax, ymin = t @ (window.col + window.width, window.row + window.height)
+        xmin, ymax = t @ (window.col_off, window.row_off)
+        xmax, ymin = t @ (window.col_off + window.width, window.row_off + window.height)
         return slice(xmin, xmax), slice(ymin, ymax)
 
-    def read(self, window: PixelWindow) -> dict[str, torch.Tensor]:
-        raw, valid = read_window(self._dataset(), self.bands, window.to_rasterio())
+    def read(self, window: Window) -> dict[str, torch.Tensor]:
+        raw, valid = read_window(self._dataset(), self.bands, window)
         scaled = self.normalization.scaled(raw, valid)  # nodata as inference sees it (Normalization.apply)
         mask = self._labels_in(window)
         mask[~valid] = IGNORE_INDEX
@@ -115,14 +101,13 @@ class LabeledOrtho(GeoDataset):
             image, target = _resize(image, target, self.out_size)
         return {"image": image, "mask": target}
 
-    def _labels_in(self, window: PixelWindow) -> np.ndarray:
+    def _labels_in(self, window: Window) -> np.ndarray:
         """Labels under ``window``, IGNORE_INDEX where the window reaches past the image."""
-        out = np.full((window.height, window.width), IGNORE_INDEX, dtype=np.uint8)
-        r0, c0 = max(window.row, 0), max(window.col, 0)
-        r1 = min(window.row + window.height, self.grid.height)
-        c1 = min(window.col + window.width, self.grid.width)
-        if r1 > r0 and c1 > c0:
-            out[r0 - window.row : r1 - window.row, c0 - window.col : c1 - window.col] = self.labels[r0:r1, c0:c1]
+        out = np.full((int(window.height), int(window.width)), IGNORE_INDEX, dtype=np.uint8)
+        part = clip_window(window, self.grid.height, self.grid.width)
+        if part is not None:
+            inner, within = part
+            out[within] = self.labels[inner.toslices()]
         return out
 
     def _augmented(self, scaled: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

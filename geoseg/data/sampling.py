@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from rasterio.windows import Window
 from torchgeo.samplers import SpatialSampler
 
 from geoseg.config import IGNORE_INDEX
-from geoseg.data.datasets import LabeledOrtho, PixelWindow
+from geoseg.data.datasets import LabeledOrtho
+from geoseg.io.raster import clip_window
 from geoseg.io.tiling import grid_offsets
 
 
@@ -66,7 +68,7 @@ class LabeledWindowSampler(SpatialSampler):
         for window in self.windows():
             yield self.dataset.geo_slice(window)
 
-    def windows(self) -> Iterator[PixelWindow]:
+    def windows(self) -> Iterator[Window]:
         """The pixel windows of one pass; each pass (epoch) draws new ones, reproducibly."""
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
@@ -77,7 +79,7 @@ class LabeledWindowSampler(SpatialSampler):
             row, col = self.candidates[pick]
             yield self._jittered(int(row), int(col), rng)
 
-    def _jittered(self, row: int, col: int, rng: np.random.Generator) -> PixelWindow:
+    def _jittered(self, row: int, col: int, rng: np.random.Generator) -> Window:
         side = self.size
         if self.scale_jitter:
             side = max(8, round(self.size * rng.uniform(1 - self.scale_jitter, 1 + self.scale_jitter)))
@@ -86,20 +88,22 @@ class LabeledWindowSampler(SpatialSampler):
         r = row + int(rng.integers(-half, half + 1)) - (side - self.size) // 2
         c = col + int(rng.integers(-half, half + 1)) - (side - self.size) // 2
         # an axis shorter than the window keeps it at 0, padded past the far edge (the grid rule)
-        window = PixelWindow(r if h > side else 0, c if w > side else 0, side, side)
+        window = Window(c if w > side else 0, r if h > side else 0, side, side)
         if self._qualifies(window):
             return window
-        return PixelWindow(row, col, self.size, self.size)
+        return Window(col, row, self.size, self.size)
 
-    def _qualifies(self, w: PixelWindow) -> bool:
+    def _qualifies(self, w: Window) -> bool:
         h, wd = self.dataset.labels.shape
-        if not (_fits(w.row, w.height, h) and _fits(w.col, w.width, wd)):
+        if not (_fits(w.row_off, w.height, h) and _fits(w.col_off, w.width, wd)):
             return False
-        r0, c0 = max(w.row, 0), max(w.col, 0)
-        r1, c1 = min(w.row + w.height, h), min(w.col + w.width, wd)
-        if r1 <= r0 or c1 <= c0 or self.forbidden[r0:r1, c0:c1].any():
+        part = clip_window(w, h, wd)
+        if part is None:
             return False
-        return bool((self.dataset.labels[r0:r1, c0:c1] != IGNORE_INDEX).any())
+        inside = part[0].toslices()
+        if self.forbidden[inside].any():
+            return False
+        return bool((self.dataset.labels[inside] != IGNORE_INDEX).any())
 
     def _candidates(self, labels: np.ndarray, rare_classes: bool) -> tuple[np.ndarray, np.ndarray]:
         """Window origins whose window holds a labelled pixel and no forbidden one.
@@ -173,7 +177,7 @@ class MultiImageSampler:
             yield self.index_of[id(self.samplers[pick])], next(streams[int(pick)])
 
 
-def validation_windows(region: np.ndarray, labels: np.ndarray, size: int) -> list[tuple[PixelWindow, PixelWindow]]:
+def validation_windows(region: np.ndarray, labels: np.ndarray, size: int) -> list[tuple[Window, Window]]:
     """Non-overlapping coverage of the labelled validation pixels: ``(window, owned part)`` pairs.
 
     Windows follow the grid rule over the region's bounding box; where the last window is shifted
@@ -194,10 +198,10 @@ def validation_windows(region: np.ndarray, labels: np.ndarray, size: int) -> lis
         own_r0 = r if ri == 0 else max(r, row_offsets[ri - 1] + size)
         for ci, c in enumerate(col_offsets):
             own_c0 = c if ci == 0 else max(c, col_offsets[ci - 1] + size)
-            window = PixelWindow(r, c, size, size)
-            owned = PixelWindow(own_r0, own_c0, r + size - own_r0, c + size - own_c0)
-            r0, c0 = max(owned.row, 0), max(owned.col, 0)
-            if labelled[r0 : owned.row + owned.height, c0 : owned.col + owned.width].any():
+            window = Window(c, r, size, size)
+            owned = Window(own_c0, own_r0, c + size - own_c0, r + size - own_r0)
+            r0, c0 = max(owned.row_off, 0), max(owned.col_off, 0)
+            if labelled[r0 : owned.row_off + owned.height, c0 : owned.col_off + owned.width].any():
                 out.append((window, owned))
     return out
 

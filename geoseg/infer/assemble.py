@@ -26,6 +26,7 @@ from rasterio.windows import Window
 from geoseg.config import IGNORE_INDEX
 from geoseg.infer.engine import BlockResult, InferenceSpec, Reader, forward_windows
 from geoseg.infer.windows import blend_weights
+from geoseg.io.raster import clip_window
 from geoseg.io.tiling import grid_offsets
 
 FIXED_POINT = np.float32(2.0**24)
@@ -58,13 +59,12 @@ Piece = tuple[int, int, np.ndarray]  # (row, col) in a block, and the sums that 
 def piece_for(contribution: Contribution, block: Window) -> Piece | None:
     """The part of ``contribution`` inside ``block``, copied (it may wait long after the rest is freed)."""
     _, h, w = contribution.sums.shape
-    br, bc = int(block.row_off), int(block.col_off)
-    cr, cc = contribution.row, contribution.col
-    r0, c0 = max(br, cr), max(bc, cc)
-    r1, c1 = min(br + int(block.height), cr + h), min(bc + int(block.width), cc + w)
-    if r1 <= r0 or c1 <= c0:
+    in_block = Window(contribution.col - block.col_off, contribution.row - block.row_off, w, h)
+    part = clip_window(in_block, int(block.height), int(block.width))
+    if part is None:
         return None
-    return r0 - br, c0 - bc, contribution.sums[:, r0 - cr : r1 - cr, c0 - cc : c1 - cc].copy()
+    inner, within = part
+    return int(inner.row_off), int(inner.col_off), contribution.sums[(slice(None), *within)].copy()
 
 
 def finish_block(

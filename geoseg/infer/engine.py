@@ -16,6 +16,7 @@ import torch
 from rasterio.windows import Window
 
 from geoseg.data.preprocess import Normalization
+from geoseg.io.raster import clip_window
 from geoseg.model.forward import batch_probabilities
 
 Reader = Callable[[Window], tuple[np.ndarray, np.ndarray]]
@@ -81,12 +82,11 @@ def predict_block(
 
 def slice_padded(raw: np.ndarray, valid: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
     """``window`` of in-memory arrays; outside them data is 0 and invalid (as read_window does)."""
-    _, height, width = raw.shape
-    row, col, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
-    data = np.zeros((raw.shape[0], h, w), dtype=raw.dtype)
-    mask = np.zeros((h, w), dtype=bool)
-    r0, c0, r1, c1 = max(row, 0), max(col, 0), min(row + h, height), min(col + w, width)
-    if r1 > r0 and c1 > c0:
-        data[:, r0 - row : r1 - row, c0 - col : c1 - col] = raw[:, r0:r1, c0:c1]
-        mask[r0 - row : r1 - row, c0 - col : c1 - col] = valid[r0:r1, c0:c1]
+    data = np.zeros((raw.shape[0], int(window.height), int(window.width)), dtype=raw.dtype)
+    mask = np.zeros(data.shape[1:], dtype=bool)
+    part = clip_window(window, *raw.shape[1:])
+    if part is not None:
+        inner, within = part
+        data[(slice(None), *within)] = raw[(slice(None), *inner.toslices())]
+        mask[within] = valid[inner.toslices()]
     return data, mask

@@ -18,7 +18,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.env import get_gdal_config, set_gdal_config
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError, WindowError
 from rasterio.windows import Window
 
 from geoseg.errors import InputError, OutputError, OutputExistsError
@@ -141,17 +141,13 @@ def read_window(ds: rasterio.DatasetReader, bands: Sequence[int], window: Window
     where it is not finite; valid is (h, w) bool, False where the raster is nodata (nodata value,
     alpha band or internal mask), where any band read is NaN or ±inf, or outside its extent.
     """
-    height, width = int(window.height), int(window.width)
-    row, col = int(window.row_off), int(window.col_off)
-    data = np.zeros((len(bands), height, width), dtype=ds.dtypes[0])
-    valid = np.zeros((height, width), dtype=bool)
+    data = np.zeros((len(bands), int(window.height), int(window.width)), dtype=ds.dtypes[0])
+    valid = np.zeros(data.shape[1:], dtype=bool)
     # Read only the part inside the raster: rasterio's boundless reads build a VRT every call.
-    r0, c0 = max(row, 0), max(col, 0)
-    r1, c1 = min(row + height, ds.height), min(col + width, ds.width)
-    if r1 <= r0 or c1 <= c0:
+    part = clip_window(window, ds.height, ds.width)
+    if part is None:
         return data, valid
-    inner = Window(c0, r0, c1 - c0, r1 - r0)
-    rows, cols = slice(r0 - row, r1 - row), slice(c0 - col, c1 - col)
+    inner, (rows, cols) = part
     data[:, rows, cols] = ds.read(list(bands), window=inner)
     inside = ds.dataset_mask(window=inner) > 0
     alpha = next((i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None)
@@ -163,6 +159,17 @@ def read_window(ds: rasterio.DatasetReader, bands: Sequence[int], window: Window
         data[~np.isfinite(data)] = 0
     valid[rows, cols] = inside
     return data, valid
+
+
+def clip_window(window: Window, height: int, width: int) -> tuple[Window, tuple[slice, slice]] | None:
+    """The part of ``window`` inside a ``height`` × ``width`` raster, and the (rows, cols) it fills in an
+    array of the window's shape; None where the two do not meet."""
+    try:
+        inner = window.intersection(Window(0, 0, width, height))
+    except WindowError:
+        return None
+    within = Window(inner.col_off - window.col_off, inner.row_off - window.row_off, inner.width, inner.height)
+    return inner, within.toslices()
 
 
 def finite_pixels(data: np.ndarray) -> np.ndarray:

@@ -11,9 +11,10 @@ import rasterio
 import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX, AugmentConfig, QualityMaskConfig
-from geoseg.data.datasets import ImageCollection, LabeledOrtho, PixelWindow
+from geoseg.data.datasets import ImageCollection, LabeledOrtho
 from geoseg.data.preprocess import Normalization
 from geoseg.io.raster import GridSpec
 
@@ -46,7 +47,7 @@ def _ds(path: Path, labels: np.ndarray, **kwargs) -> LabeledOrtho:
 
 def test_read_normalizes_pixels_and_masks_nodata(files) -> None:
     path, image, labels = files
-    sample = _ds(path, labels).read(PixelWindow(0, 0, 32, 32))
+    sample = _ds(path, labels).read(Window(0, 0, 32, 32))
     assert sample["image"].dtype == torch.float32 and sample["mask"].dtype == torch.uint8
     np.testing.assert_allclose(sample["image"].numpy()[:, 5:, 5:], NORM.apply(image[:, 5:32, 5:32]), rtol=1e-6)
     assert (sample["image"].numpy()[:, :5, :5] == 0).all()  # nodata: the neutral 0 inference feeds too
@@ -57,7 +58,7 @@ def test_read_normalizes_pixels_and_masks_nodata(files) -> None:
 
 def test_window_past_the_edge_is_padded_and_ignored(files) -> None:
     path, _, labels = files
-    sample = _ds(path, labels).read(PixelWindow(40, 60, 32, 32))
+    sample = _ds(path, labels).read(Window(60, 40, 32, 32))
     mask = sample["mask"].numpy()
     assert sample["image"].shape == (3, 32, 32)
     assert (mask[20:, :] == IGNORE_INDEX).all() and (mask[:, 20:] == IGNORE_INDEX).all()
@@ -67,7 +68,7 @@ def test_window_past_the_edge_is_padded_and_ignored(files) -> None:
 def test_geo_queries_round_trip_to_pixel_windows(files) -> None:
     path, image, labels = files
     ds = _ds(path, labels)
-    window = PixelWindow(7, 11, 24, 24)
+    window = Window(11, 7, 24, 24)
     x, y = ds.geo_slice(window)
     assert ds.pixel_window(x.start, x.stop, y.start, y.stop) == window
     sample = ds[x, y]  # the way torchgeo samplers query
@@ -85,7 +86,7 @@ def test_augmentation_keeps_image_and_mask_aligned(files) -> None:
     mean = torch.tensor(NORM.mean)[:, None, None]
     originals = set()
     for _ in range(12):
-        sample = ds.read(PixelWindow(10, 10, 40, 40))
+        sample = ds.read(Window(10, 10, 40, 40))
         red = (sample["image"] * std + mean)[0] * 255
         mask = sample["mask"]
         labelled = mask != IGNORE_INDEX
@@ -98,13 +99,13 @@ def test_photometric_augmentation_changes_the_image_only(files) -> None:
     """Colour, blur and noise jitter the pixels within the scaled 0..1 range and never move the labels."""
     path, _, labels = files
     photometric = AugmentConfig(flips=False, rot90=False, brightness=0.1, contrast=0.1, color=0.2, blur=2.0, noise=0.1)
-    plain = _ds(path, labels).read(PixelWindow(10, 10, 40, 40))
+    plain = _ds(path, labels).read(Window(10, 10, 40, 40))
     ds = _ds(path, labels, augment=photometric, seed=1)
     std = torch.tensor(NORM.std)[:, None, None]
     mean = torch.tensor(NORM.mean)[:, None, None]
     changed = 0
     for _ in range(12):
-        sample = ds.read(PixelWindow(10, 10, 40, 40))
+        sample = ds.read(Window(10, 10, 40, 40))
         assert torch.equal(sample["mask"], plain["mask"])
         scaled = sample["image"] * std + mean
         assert scaled.min() >= -1e-5 and scaled.max() <= 1 + 1e-5
@@ -114,7 +115,7 @@ def test_photometric_augmentation_changes_the_image_only(files) -> None:
 
 def test_out_size_resizes_image_and_mask(files) -> None:
     path, _, labels = files
-    sample = _ds(path, labels, out_size=32).read(PixelWindow(0, 0, 48, 48))
+    sample = _ds(path, labels, out_size=32).read(Window(0, 0, 48, 48))
     assert sample["image"].shape == (3, 32, 32) and sample["mask"].shape == (32, 32)
     assert set(sample["mask"].unique().tolist()) <= {0, 1, IGNORE_INDEX}
 
@@ -128,7 +129,7 @@ def test_quality_mask_ignores_flagged_pixels(tmp_path: Path, files) -> None:
         profile = src.profile
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(image)
-    window = PixelWindow(0, 0, 60, 60)
+    window = Window(0, 0, 60, 60)
     plain = _ds(path, labels).read(window)["mask"].numpy()
     masked = _ds(path, labels, quality=QualityMaskConfig(enabled=True)).read(window)["mask"].numpy()
     assert (masked[20:50, 20:50] == IGNORE_INDEX).all()
@@ -138,16 +139,14 @@ def test_quality_mask_ignores_flagged_pixels(tmp_path: Path, files) -> None:
 def test_pickles_without_its_open_file(files) -> None:
     path, _, labels = files
     ds = _ds(path, labels)
-    ds.read(PixelWindow(0, 0, 8, 8))
+    ds.read(Window(0, 0, 8, 8))
     clone = pickle.loads(pickle.dumps(ds))  # DataLoader workers receive a copy
     assert clone._reader is None
-    torch.testing.assert_close(clone.read(PixelWindow(0, 0, 8, 8))["image"], ds.read(PixelWindow(0, 0, 8, 8))["image"])
+    torch.testing.assert_close(clone.read(Window(0, 0, 8, 8))["image"], ds.read(Window(0, 0, 8, 8))["image"])
 
 
-@pytest.mark.parametrize(
-    "window", [PixelWindow(0, 0, 32, 32), PixelWindow(40, 60, 32, 32), PixelWindow(10, 20, 32, 32)]
-)
-def test_training_and_inference_feed_the_network_the_same_window(files, window: PixelWindow) -> None:
+@pytest.mark.parametrize("window", [Window(0, 0, 32, 32), Window(60, 40, 32, 32), Window(20, 10, 32, 32)])
+def test_training_and_inference_feed_the_network_the_same_window(files, window: Window) -> None:
     """Nodata and the area past the edge reach the network the same way when training and segmenting."""
     from geoseg.infer.engine import slice_padded
     from geoseg.io.raster import open_raster, read_window
@@ -155,9 +154,9 @@ def test_training_and_inference_feed_the_network_the_same_window(files, window: 
     path, _, labels = files
     trained = _ds(path, labels).read(window)["image"].numpy()
     with open_raster(path) as ds:
-        raw, valid = read_window(ds, [1, 2, 3], window.to_rasterio())
-        whole, whole_valid = read_window(ds, [1, 2, 3], PixelWindow(0, 0, H, W).to_rasterio())
+        raw, valid = read_window(ds, [1, 2, 3], window)
+        whole, whole_valid = read_window(ds, [1, 2, 3], Window(0, 0, W, H))
     np.testing.assert_array_equal(trained, NORM.apply(raw, valid))
     # inference cuts its windows out of a normalized block, not the file: the same values again
-    block_raw, block_valid = slice_padded(whole, whole_valid, window.to_rasterio())
+    block_raw, block_valid = slice_padded(whole, whole_valid, window)
     np.testing.assert_array_equal(trained, NORM.apply(block_raw, block_valid))

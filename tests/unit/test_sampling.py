@@ -10,9 +10,10 @@ import pytest
 import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX
-from geoseg.data.datasets import LabeledOrtho, PixelWindow
+from geoseg.data.datasets import LabeledOrtho
 from geoseg.data.preprocess import Normalization
 from geoseg.data.sampling import LabeledWindowSampler, MultiImageSampler, validation_windows
 from geoseg.infer.windows import window_grid
@@ -39,8 +40,8 @@ def _ortho(tmp_path: Path, labels: np.ndarray, name: str = "ortho.tif") -> Label
     return LabeledOrtho(path, grid, labels, [1, 2, 3], norm)
 
 
-def _inside(w: PixelWindow, height: int, width: int) -> bool:
-    return w.row >= 0 and w.col >= 0 and w.row + w.height <= height and w.col + w.width <= width
+def _inside(w: Window, height: int, width: int) -> bool:
+    return w.row_off >= 0 and w.col_off >= 0 and w.row_off + w.height <= height and w.col_off + w.width <= width
 
 
 # --- grid rule -----------------------------------------------------------------------------------
@@ -97,10 +98,10 @@ def test_windows_avoid_forbidden_pixels_and_hold_labels(tmp_path: Path) -> None:
     for w in windows:
         assert (w.height, w.width) == (64, 64)
         assert _inside(w, 320, 320)
-        assert not forbidden[w.row : w.row + w.height, w.col : w.col + w.width].any()
-        assert (labels[w.row : w.row + w.height, w.col : w.col + w.width] != IGNORE_INDEX).any()
+        assert not forbidden[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width].any()
+        assert (labels[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width] != IGNORE_INDEX).any()
     # windows really are spread out, not all the same candidate
-    assert len({(w.row, w.col) for w in windows}) > 50
+    assert len({(w.row_off, w.col_off) for w in windows}) > 50
 
 
 def test_draws_are_reproducible_and_change_between_epochs(tmp_path: Path) -> None:
@@ -158,8 +159,8 @@ def test_scale_jitter_varies_window_size(tmp_path: Path) -> None:
     assert all(round(64 * 0.7) <= s <= round(64 * 1.3) for s in sides)
     for w in windows:
         assert _inside(w, 320, 320)
-        assert not forbidden[w.row : w.row + w.height, w.col : w.col + w.width].any()
-        assert (labels[w.row : w.row + w.height, w.col : w.col + w.width] != IGNORE_INDEX).any()
+        assert not forbidden[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width].any()
+        assert (labels[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width] != IGNORE_INDEX).any()
 
 
 @pytest.mark.parametrize("jitter", [0.0, 0.3])
@@ -168,7 +169,7 @@ def test_image_smaller_than_the_tile_gives_padded_windows_at_zero(tmp_path: Path
     labels[10:30, 5:45] = 1
     ds = _ortho(tmp_path, labels)
     windows = list(LabeledWindowSampler(ds, 64, 50, scale_jitter=jitter, seed=0).windows())
-    assert windows and all((w.row, w.col) == (0, 0) for w in windows)
+    assert windows and all((w.row_off, w.col_off) == (0, 0) for w in windows)
     if not jitter:
         assert all((w.height, w.width) == (64, 64) for w in windows)
     sample = ds.read(windows[0])
@@ -183,9 +184,9 @@ def test_image_narrower_than_the_tile_keeps_windows_inside_the_long_side(tmp_pat
     labels = np.full((40, 400), IGNORE_INDEX, dtype=np.uint8)
     labels[:, 100:300] = 0
     windows = list(LabeledWindowSampler(_ortho(tmp_path, labels), 64, 200, seed=0).windows())
-    assert all(w.row == 0 for w in windows)
+    assert all(w.row_off == 0 for w in windows)
     assert all(_inside(w, 64, 400) for w in windows)
-    assert len({w.col for w in windows}) > 5
+    assert len({w.col_off for w in windows}) > 5
 
 
 def test_multi_image_sampler_keys_point_at_their_image(tmp_path: Path) -> None:
@@ -212,14 +213,14 @@ def test_multi_image_sampler_keys_point_at_their_image(tmp_path: Path) -> None:
 # --- validation windows --------------------------------------------------------------------------
 
 
-def _ownership(pairs: list[tuple[PixelWindow, PixelWindow]], shape: tuple[int, int]) -> np.ndarray:
+def _ownership(pairs: list[tuple[Window, Window]], shape: tuple[int, int]) -> np.ndarray:
     owned = np.zeros(shape, dtype=int)
     for window, part in pairs:
         # the owned part lies inside its window
-        assert window.row <= part.row and part.row + part.height <= window.row + window.height
-        assert window.col <= part.col and part.col + part.width <= window.col + window.width
-        r0, c0 = max(part.row, 0), max(part.col, 0)
-        owned[r0 : part.row + part.height, c0 : part.col + part.width] += 1
+        assert window.row_off <= part.row_off and part.row_off + part.height <= window.row_off + window.height
+        assert window.col_off <= part.col_off and part.col_off + part.width <= window.col_off + window.width
+        r0, c0 = max(part.row_off, 0), max(part.col_off, 0)
+        owned[r0 : part.row_off + part.height, c0 : part.col_off + part.width] += 1
     return owned
 
 
@@ -241,8 +242,8 @@ def test_validation_windows_own_every_labelled_region_pixel_once(
     for window, _ in pairs:
         assert (window.height, window.width) == (size, size)
         if min(shape) >= size:
-            assert window.row >= 0 and window.col >= 0
-            assert window.row + size <= shape[0] and window.col + size <= shape[1]
+            assert window.row_off >= 0 and window.col_off >= 0
+            assert window.row_off + size <= shape[0] and window.col_off + size <= shape[1]
     owned = _ownership(pairs, shape)
     target = region & (labels != IGNORE_INDEX)
     assert (owned[target] == 1).all()
