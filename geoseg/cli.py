@@ -46,19 +46,6 @@ REMEDY_HELP = (
     "Recorded in the outputs' GEOSEG_INPUT tag."
 )
 RemedyOption = Annotated[Remedy, typer.Option("--remedy", help=REMEDY_HELP)]
-MatchStatsOption = Annotated[
-    bool, typer.Option("--match-stats", hidden=True, help="The old name of --remedy mosaic-stats.")
-]
-
-
-def chosen_remedy(remedy: Remedy, match_stats: bool) -> str:
-    from geoseg.errors import ConfigError
-
-    if match_stats and remedy not in (Remedy.none, Remedy.mosaic_stats):
-        raise ConfigError(f"--match-stats is --remedy mosaic-stats; it cannot be combined with --remedy {remedy}")
-    return Remedy.mosaic_stats.value if match_stats else remedy.value
-
-
 MinAreaOption = Annotated[
     float,
     typer.Option("--min-area", min=0, help="Drop polygons smaller than this (CRS units², m² for projected CRSs)."),
@@ -222,7 +209,6 @@ def infer(
     min_area: MinAreaOption = 0.0,
     simplify: SimplifyOption = 0.0,
     remedy: RemedyOption = Remedy.none,
-    match_stats: MatchStatsOption = False,
     tta: TtaOption = None,
     no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip the GeoPackage.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
@@ -246,7 +232,7 @@ def infer(
     options = InferOptions(tile=tile, overlap=overlap, block_size=block_size, batch_size=batch_size,
                            workers=workers or default_workers(), scheduler=scheduler, device=device.value,
                            precision=precision, aoi=aoi, confidence=confidence,
-                           remedy=chosen_remedy(remedy, match_stats), tta=tta)  # fmt: skip
+                           remedy=remedy.value, tta=tta)  # fmt: skip
     result = segment_mosaic(mosaic, model, paths.classes, options, overwrite=overwrite,
                             confidence_path=paths.confidence, progress=reporter)  # fmt: skip
     if result.drift is not None:
@@ -416,7 +402,6 @@ def batch(
         ),
     ] = False,
     remedy: RemedyOption = Remedy.none,
-    match_stats: MatchStatsOption = False,
     tta: TtaOption = None,
     tls_ca_file: Annotated[Path | None, typer.Option("--tls-ca-file", help="CA certificate of a TLS cluster.")] = None,
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="Client certificate for a TLS cluster.")] = None,
@@ -441,7 +426,7 @@ def batch(
         raise ConfigError("--resume keeps finished mosaics and --overwrite redoes them; choose one")
     infer_options = InferOptions(tile=tile, overlap=overlap, block_size=block_size, batch_size=batch_size,
                                  device=device.value, precision=precision, confidence=confidence,
-                                 remedy=chosen_remedy(remedy, match_stats), tta=tta)  # fmt: skip
+                                 remedy=remedy.value, tta=tta)  # fmt: skip
     cluster = ClusterOptions(scheduler=scheduler, workers=workers or default_workers(), tls_ca_file=tls_ca_file,
                              tls_cert=tls_cert, tls_key=tls_key)  # fmt: skip
     options = BatchOptions(infer=infer_options, cluster=cluster, polygons=not no_polygons, min_area=min_area,

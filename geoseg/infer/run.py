@@ -132,7 +132,6 @@ def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str
         for window in assembler.blocks
     ]  # fmt: skip
     tags = {"GEOSEG_INPUT": json.dumps({"normalization": normalization.to_json(),
-                                         "match_stats": options.remedy == "mosaic-stats",  # its name before remedies
                                          **remedy_record(options.remedy, normalization),
                                          "drift": drift.without_histograms() if drift else None, "tile": tile,
                                          "overlap": overlap, "precision": spec.precision, "tta": spec.tta,

@@ -42,7 +42,7 @@ def test_another_scene_is_not_drift_but_another_camera_is(tmp_path: Path, tile1_
     assert "drift: band" in other_camera.verdict()
 
 
-def test_match_stats_maps_bands_onto_training_and_is_recorded(tmp_path: Path, tile1_stats: dict) -> None:
+def test_mosaic_stats_maps_bands_onto_training_and_is_recorded(tmp_path: Path, tile1_stats: dict) -> None:
     shifted = camera_shift(shared_data("new_brunswick", "23322E759967N_clipped_1m_2of2.tif"), tmp_path / "s.tif")
     bundle_dir = make_random_bundle(tmp_path / "b", [1, 2, 3], n_classes=3, tile=128, overlap=16)
     meta_file = bundle_dir / "geoseg.json"
@@ -65,6 +65,6 @@ def test_match_stats_maps_bands_onto_training_and_is_recorded(tmp_path: Path, ti
     assert result.drift is not None and result.drift.drifted
     with rasterio.open(out) as ds:
         recorded = json.loads(ds.tags()["GEOSEG_INPUT"])
-    assert recorded["match_stats"] is True
+    assert recorded["remedy"] == "mosaic-stats"
     assert recorded["drift"]["drifted"] is True
     assert recorded["normalization"]["scale"] != [0.0, 255.0]
