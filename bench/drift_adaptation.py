@@ -31,7 +31,7 @@ from geoseg.data.labels import labels_on_grid
 from geoseg.drift.check import band_report, check_drift
 from geoseg.drift.remedies import remedied_normalization
 from geoseg.drift.simulate import CameraShift, write_shifted
-from geoseg.infer.engine import predict_block
+from geoseg.infer.whole import predict_block
 from geoseg.io.raster import open_raster, read_info, read_window
 from geoseg.metrics import confusion_from_arrays, scores_from_confusion
 from geoseg.model.bundle import Bundle, load_bundle

@@ -1,8 +1,9 @@
-"""The model over windows: fixed-shape batches, softmax, precision; and whole-raster prediction.
+"""The model over the windows of a block: the inference spec, and cutting windows out of a block's image.
 
-Knows nothing of files or Dask: callers pass a ``read(window) -> (raw, valid)`` function. Batches
-always have the same shape (the last one padded), so a window's probabilities do not depend on which
-other windows share its batch. How windows are shared out among blocks is in ``assemble.py``.
+Knows nothing of files or Dask: callers pass a ``read(window) -> (raw, valid)`` function. The network runs
+through ``model.forward.batch_probabilities`` (fixed batch shapes, so a window's probabilities do not depend
+on its batch-mates). How windows are shared out among blocks is in ``assemble.py``; a raster held in memory
+as one block is ``whole.predict_block``.
 """
 
 from __future__ import annotations
@@ -52,32 +53,6 @@ def forward_windows(
     for chunk in batched(origins, spec.batch_size):
         windows = [image[:, r - top : r - top + tile, c - left : c - left + tile] for r, c in chunk]
         yield chunk, batch_probabilities(model, windows, spec.batch_size, spec.precision, spec.tta)
-
-
-def predict_block(
-    model: torch.nn.Module,
-    raw: np.ndarray,
-    valid: np.ndarray,
-    normalization: Normalization,
-    class_ids: Sequence[int],
-    tile: int,
-    overlap: int,
-    batch_size: int = 4,
-    tta: bool = False,
-) -> np.ndarray:
-    """Class ids for a whole in-memory (bands, h, w) raster: the raster is one block."""
-    from geoseg.infer.assemble import Assembler, block_contribution
-
-    _, height, width = raw.shape
-
-    def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
-        return slice_padded(raw, valid, window)
-
-    spec = InferenceSpec(normalization, class_ids, tile, overlap, batch_size, tta=tta)
-    assembler = Assembler((height, width), max(height, width), spec, confidence=False)
-    contribution = block_contribution(model, read, Window(0, 0, width, height), (height, width), spec)
-    ((_, result),) = assembler.add(contribution)
-    return result.classes
 
 
 def slice_padded(raw: np.ndarray, valid: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import torch
 
 from geoseg.config import IGNORE_INDEX
 from geoseg.data.preprocess import Normalization
-from geoseg.infer.engine import predict_block
+from geoseg.infer.whole import predict_block
 from geoseg.infer.windows import blend_weights, window_grid
 
 CLASS_IDS = [4, 0, 9]
