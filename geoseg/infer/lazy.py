@@ -31,7 +31,7 @@ from geoseg.config import IGNORE_INDEX
 from geoseg.infer.assemble import Contribution, Piece, block_span, finish_block, piece_for, reach
 from geoseg.infer.block import ModelSource, segment_block
 from geoseg.infer.engine import BlockResult, InferenceSpec, slice_padded
-from geoseg.io.raster import cap_gdal_cache
+from geoseg.io.raster import cap_gdal_cache, clip_window
 from geoseg.memory import release_free_memory
 
 
@@ -74,9 +74,8 @@ def segment_array(
     layouts = {key: _layout(cores[key], [areas[k] for k in sources[key]]) for key in cores}
     contributions: dict[tuple[int, int], Delayed] = {}
     for key, core in cores.items():
-        span = _clip(block_span(core, shape, spec.tile, spec.overlap), shape)
-        rows = slice(int(span.row_off), int(span.row_off + span.height))
-        cols = slice(int(span.col_off), int(span.col_off + span.width))
+        span = _inside(block_span(core, shape, spec.tile, spec.overlap), shape)
+        rows, cols = span.toslices()
         block_pixels = (raw[:, rows, cols], valid[rows, cols])
         contributions[key] = dask.delayed(_contribution)(model, *block_pixels, span, core, shape, spec)
     results = {}
@@ -212,11 +211,11 @@ def _assemble(
     return da.block(rows)
 
 
-def _clip(window: Window, shape: tuple[int, int]) -> Window:
+def _inside(window: Window, shape: tuple[int, int]) -> Window:
     """``window`` cut to the raster (a span reaches past it only where the raster is smaller than a tile)."""
-    height = min(int(window.row_off + window.height), shape[0]) - int(window.row_off)
-    width = min(int(window.col_off + window.width), shape[1]) - int(window.col_off)
-    return Window(window.col_off, window.row_off, width, height)
+    part = clip_window(window, *shape)
+    assert part is not None, "a block's span always overlaps the raster"
+    return part[0]
 
 
 def _chunks_under(area: Window, row_edges: list[int], col_edges: list[int]) -> list[tuple[int, int]]:
