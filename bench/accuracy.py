@@ -96,6 +96,8 @@ VARIANTS: dict[str, dict] = {
     # With keep: final the refit trains as long as the first run did (before 2026-11-30: up to its best step).
     "refit": {"refit": True},
     "refit-ce": {"refit": True, "loss": "ce"},
+    "refit-balanced": {"refit": True, "class_weights": "balanced"},
+    "refit-light-aug": {"refit": True, "augment": {"scale_jitter": 0.0, "color": 0.0, "blur": 0.0, "noise": 0.0}},
     # The default keeps the final weights; a run that does also scores its best-validation checkpoint, so
     # both choices come from one training (rows "<variant>" and "<variant>@best"; bench/RESULTS.md).
     "final": {"keep": "final"},
