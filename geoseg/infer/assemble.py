@@ -184,6 +184,45 @@ def block_contribution(
     return Contribution(core, core_valid, a_row, a_col, sums)
 
 
+@dataclass(frozen=True)
+class BlockGrid:
+    """Blocks between row and column edges (the CLI's blocks, or a Dask array's chunks): which block holds a
+    pixel, which blocks an area overlaps, and which blocks' windows reach into each block."""
+
+    row_edges: tuple[int, ...]
+    col_edges: tuple[int, ...]
+
+    @property
+    def blocks(self) -> dict[tuple[int, int], Window]:
+        """Each block by its (row, column) index, row-major."""
+        return {
+            (i, j): Window(c0, r0, c1 - c0, r1 - r0)
+            for i, (r0, r1) in enumerate(itertools.pairwise(self.row_edges))
+            for j, (c0, c1) in enumerate(itertools.pairwise(self.col_edges))
+        }
+
+    def key(self, window: Window) -> tuple[int, int]:
+        """The index of the block holding ``window``'s first pixel."""
+        return (_position(self.row_edges, int(window.row_off)), _position(self.col_edges, int(window.col_off)))
+
+    def overlapped(self, area: Window) -> list[tuple[int, int]]:
+        """The blocks ``area`` overlaps."""
+        r0, c0 = int(area.row_off), int(area.col_off)
+        rows = range(_position(self.row_edges, r0), _position(self.row_edges, r0 + int(area.height) - 1) + 1)
+        cols = range(_position(self.col_edges, c0), _position(self.col_edges, c0 + int(area.width) - 1) + 1)
+        return [(i, j) for i in rows for j in cols]
+
+    def sources(self, raster_shape: tuple[int, int], tile: int, overlap: int) -> dict[tuple[int, int], list]:
+        """For each block, the other blocks whose own windows reach into it."""
+        reaching: dict[tuple[int, int], list[tuple[int, int]]] = {key: [] for key in self.blocks}
+        for key, block in self.blocks.items():
+            area = reach(block, raster_shape, tile, overlap)
+            for target in self.overlapped(area) if area is not None else []:
+                if target != key:
+                    reaching[target].append(key)
+        return reaching
+
+
 class Assembler:
     """Adds contributions into blocks and hands back each block as soon as it is complete."""
 
@@ -191,30 +230,22 @@ class Assembler:
         self.shape = raster_shape
         self.spec = spec
         self.confidence = confidence
-        self._row_edges, self._col_edges = block_layout(raster_shape, block_size, spec.tile, spec.overlap)
-        self.blocks = [
-            Window(c0, r0, c1 - c0, r1 - r0)
-            for r0, r1 in itertools.pairwise(self._row_edges)
-            for c0, c1 in itertools.pairwise(self._col_edges)
-        ]
-        self._index = {self._key(b): b for b in self.blocks}
-        self._waiting = {key: 1 for key in self._index}  # the block's own report (its validity)
-        for block in self.blocks:
-            area = reach(block, raster_shape, spec.tile, spec.overlap)
-            if area is not None:
-                for key in self._overlapped(area):
-                    if key != self._key(block):
-                        self._waiting[key] += 1
+        row_edges, col_edges = block_layout(raster_shape, block_size, spec.tile, spec.overlap)
+        self.grid = BlockGrid(tuple(row_edges), tuple(col_edges))
+        self._index = self.grid.blocks
+        self.blocks = list(self._index.values())
+        sources = self.grid.sources(raster_shape, spec.tile, spec.overlap)
+        self._waiting = {key: 1 + len(reaching) for key, reaching in sources.items()}  # +1: the block's own report
         # Pieces received per block, kept as copies of just the area they cover: a spill from the block
         # above is only a tile's rows deep, and it waits a whole row of blocks before it is used.
         self._pieces: dict[tuple[int, int], list[Piece]] = {}
         self._valid: dict[tuple[int, int], np.ndarray] = {}
 
     def add(self, contribution: Contribution) -> list[tuple[Window, BlockResult]]:
-        own = self._key(contribution.core)
+        own = self.grid.key(contribution.core)
         self._valid[own] = contribution.valid
         touched = {own}
-        for key in self._overlapped(contribution.area) if contribution.area is not None else []:
+        for key in self.grid.overlapped(contribution.area) if contribution.area is not None else []:
             piece = piece_for(contribution, self._index[key])
             if piece is not None:
                 self._pieces.setdefault(key, []).append(piece)
@@ -233,15 +264,6 @@ class Assembler:
     def _finish(self, key: tuple[int, int]) -> BlockResult:
         block = self._index[key]
         return finish_block(block, self._pieces.pop(key, []), self._valid.pop(key), self.spec, self.confidence)
-
-    def _key(self, window: Window) -> tuple[int, int]:
-        return (_position(self._row_edges, int(window.row_off)), _position(self._col_edges, int(window.col_off)))
-
-    def _overlapped(self, area: Window) -> list[tuple[int, int]]:
-        r0, c0 = int(area.row_off), int(area.col_off)
-        rows = range(_position(self._row_edges, r0), _position(self._row_edges, r0 + int(area.height) - 1) + 1)
-        cols = range(_position(self._col_edges, c0), _position(self._col_edges, c0 + int(area.width) - 1) + 1)
-        return [(i, j) for i in rows for j in cols]
 
 
 def block_layout(
@@ -263,6 +285,6 @@ def block_edges(length: int, block_size: int, tile: int) -> list[int]:
     return [*edges, length]
 
 
-def _position(edges: list[int], pixel: int) -> int:
+def _position(edges: tuple[int, ...], pixel: int) -> int:
     """Index of the block (between consecutive ``edges``) that holds ``pixel``."""
     return bisect.bisect_right(edges, pixel, hi=len(edges) - 1) - 1

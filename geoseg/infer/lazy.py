@@ -17,7 +17,6 @@ the same for any chunking and scheduler, and equal to `geoseg infer`'s.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ from dask.delayed import Delayed
 from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX
-from geoseg.infer.assemble import Contribution, Piece, block_span, finish_block, piece_for, reach
+from geoseg.infer.assemble import BlockGrid, Contribution, Piece, block_span, finish_block, piece_for, reach
 from geoseg.infer.block import ModelSource, segment_block
 from geoseg.infer.engine import BlockResult, InferenceSpec, slice_padded
 from geoseg.io.raster import cap_gdal_cache, clip_window
@@ -58,19 +57,11 @@ def segment_array(
     raw = raw.rechunk({0: -1})
     valid = valid.rechunk(raw.chunks[1:])
     shape = (int(raw.shape[1]), int(raw.shape[2]))
-    row_edges = [0, *itertools.accumulate(raw.chunks[1])]
-    col_edges = [0, *itertools.accumulate(raw.chunks[2])]
-    cores = {
-        (i, j): Window(c0, r0, c1 - c0, r1 - r0)
-        for i, (r0, r1) in enumerate(itertools.pairwise(row_edges))
-        for j, (c0, c1) in enumerate(itertools.pairwise(col_edges))
-    }
+    grid = BlockGrid(tuple(itertools.accumulate(raw.chunks[1], initial=0)),
+                     tuple(itertools.accumulate(raw.chunks[2], initial=0)))  # fmt: skip
+    cores = grid.blocks
     areas = {key: reach(core, shape, spec.tile, spec.overlap) for key, core in cores.items()}
-    sources: dict[tuple[int, int], list[tuple[int, int]]] = {key: [] for key in cores}  # blocks reaching a chunk
-    for key, area in areas.items():
-        for target in _chunks_under(area, row_edges, col_edges) if area is not None else []:
-            if target != key:
-                sources[target].append(key)
+    sources = grid.sources(shape, spec.tile, spec.overlap)  # the blocks whose windows reach into each chunk
     layouts = {key: _layout(cores[key], [areas[k] for k in sources[key]]) for key in cores}
     contributions: dict[tuple[int, int], Delayed] = {}
     for key, core in cores.items():
@@ -83,8 +74,8 @@ def segment_array(
         settled = dask.delayed(_settle)(contributions[key], layout, spec, confidence)
         received = [dask.delayed(_pieces_for)(contributions[k], layout.pending) for k in sources[key]]
         results[key] = dask.delayed(_finish)(layout, settled, received, spec, confidence)
-    classes = _assemble(results, cores, row_edges, col_edges, "classes", np.uint8)
-    probability = _assemble(results, cores, row_edges, col_edges, "confidence", np.float32) if confidence else None
+    classes = _assemble(results, grid, "classes", np.uint8)
+    probability = _assemble(results, grid, "confidence", np.float32) if confidence else None
     return classes, probability
 
 
@@ -191,19 +182,13 @@ def _confidence(result: BlockResult) -> np.ndarray:
     return np.where(result.classes == IGNORE_INDEX, np.float32(np.nan), result.confidence)
 
 
-def _assemble(
-    results: dict[tuple[int, int], Delayed],
-    cores: dict[tuple[int, int], Window],
-    row_edges: list[int],
-    col_edges: list[int],
-    field: str,
-    dtype: type,
-) -> da.Array:
+def _assemble(results: dict[tuple[int, int], Delayed], grid: BlockGrid, field: str, dtype: type) -> da.Array:
     take = _classes if field == "classes" else _confidence
+    cores = grid.blocks
     rows = []
-    for i in range(len(row_edges) - 1):
+    for i in range(len(grid.row_edges) - 1):
         row = []
-        for j in range(len(col_edges) - 1):
+        for j in range(len(grid.col_edges) - 1):
             core = cores[(i, j)]
             part = dask.delayed(take)(results[(i, j)])
             row.append(da.from_delayed(part, shape=(int(core.height), int(core.width)), dtype=dtype))
@@ -216,16 +201,3 @@ def _inside(window: Window, shape: tuple[int, int]) -> Window:
     part = clip_window(window, *shape)
     assert part is not None, "a block's span always overlaps the raster"
     return part[0]
-
-
-def _chunks_under(area: Window, row_edges: list[int], col_edges: list[int]) -> list[tuple[int, int]]:
-    """The chunks (by index) that ``area`` overlaps."""
-    r0, c0 = int(area.row_off), int(area.col_off)
-    r1, c1 = r0 + int(area.height), c0 + int(area.width)
-    first_row, last_row = _chunk_of(row_edges, r0), _chunk_of(row_edges, r1 - 1)
-    first_col, last_col = _chunk_of(col_edges, c0), _chunk_of(col_edges, c1 - 1)
-    return [(i, j) for i in range(first_row, last_row + 1) for j in range(first_col, last_col + 1)]
-
-
-def _chunk_of(edges: list[int], pixel: int) -> int:
-    return bisect.bisect_right(edges, pixel, hi=len(edges) - 1) - 1
