@@ -95,6 +95,7 @@ VARIANTS: dict[str, dict] = {
     "ce-only": {"loss": "ce"},
     # With keep: final the refit trains as long as the first run did (before 2026-11-30: up to its best step).
     "refit": {"refit": True},
+    "no-refit": {"refit": False},
     "refit-ce": {"refit": True, "loss": "ce"},
     "refit-balanced": {"refit": True, "class_weights": "balanced"},
     "refit-light-aug": {"refit": True, "augment": {"scale_jitter": 0.0, "color": 0.0, "blur": 0.0, "noise": 0.0}},
@@ -326,7 +327,7 @@ def run_geoseg(case: Case, seed: int, variant: str, max_steps: int | None, folde
                 tile=bundle.meta.tile_size, seconds=seconds, device=device_name)]  # fmt: skip
     # A second row from the same training: without refit, its best-validation checkpoint ("@best"); with refit,
     # the first run's final weights, trained without the validation strip ("@first").
-    refit = VARIANTS[variant].get("refit", False)
+    refit = bool(bundle.meta.extra.get("recipe", {}).get("refit"))
     checkpoint = folder / "model.train" / "checkpoints" / ("last.ckpt" if refit else "best.ckpt")
     if VARIANTS[variant].get("keep", "final") == "final" and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)

@@ -110,7 +110,7 @@ class TrainConfig:
     ema: float = 0.998  # decay of an exponential moving average of the weights (0 = off); the bundle keeps the EMA
     tta: bool = True  # validate with flips and 90° rotations averaged, and make that the bundle's inference default
     decoder_dropout: float = 0.1  # channel dropout on the decoder's output, training only
-    refit: bool = False  # after the validated run, train again on training + validation for the kept step count
+    refit: bool = True  # after the validated run, train again on training + validation for the kept step count
     keep: str = "final"  # final: the last step's weights | best: those of the best validation mIoU (earliest on ties)
     early_stopping_patience: int = 50
     rare_class_sampling: bool = False

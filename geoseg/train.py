@@ -313,7 +313,7 @@ def train(
              f"({which})")  # fmt: skip
         everything = [replace(im, validation=np.zeros_like(im.validation)) for im in images]
         common["step_progress"] = refit_progress
-        fit = _fit(cfg, everything, work / "refit", resume=False, stop_at=refit_steps, **common)
+        fit = _fit(cfg, everything, work / "refit", resume=resume, stop_at=refit_steps, **common)
     task, ts = fit.task, fit.ts
     scores = _kept_scores(validated.task, t.keep)
     final = task.final_model

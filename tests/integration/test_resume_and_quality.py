@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 from geoseg.config import load_config
 from geoseg.demo_data import make_survey
 from geoseg.errors import OutputExistsError
-from geoseg.train import train
+from geoseg.train import TrainingInterrupted, train
 from tests.conftest import write_config
 
 
@@ -61,6 +62,49 @@ train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, epochs: 10, refit:
     assert len([r for r in rows if r.get("val/miou")]) == 2
     recorded = json.loads((out / "geoseg.json").read_text())
     assert recorded["metrics"] is not None and recorded["recipe"]["best_step"] in (2, 4)
+
+
+class _InterruptRefitOnce(Callback):
+    """Ctrl-C at the refit's third step (the refit is the second fit), the first time only."""
+
+    def __init__(self) -> None:
+        self.fits = 0
+        self.fired = False
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.fits += 1
+
+    def on_train_batch_start(self, trainer: Trainer, *_: object) -> None:
+        if self.fits == 2 and trainer.global_step == 3 and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_an_interrupted_refit_resumes_from_its_last_epoch(tmp_path: Path, survey, lite0_weights: Path) -> None:
+    config = write_config(
+        tmp_path / "train.yaml",
+        f"""
+data: {{images: [{survey.image}], labels: {survey.labels}, classes: {{1: soil, 2: crust, 3: lichen, 4: moss}}}}
+model: {{encoder: tu-efficientnet_lite0, weights: {lite0_weights}}}
+train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, steps: 4, refit: true}}
+""",
+    )
+    cfg = load_config(config)
+    out = tmp_path / "bundle"
+    interrupt = _InterruptRefitOnce()
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(TrainingInterrupted, match="--resume"):
+            train(cfg, out, emit=lambda _: None, progress_bar=False, callbacks=[interrupt])
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C while it shuts down
+    assert interrupt.fired and not (out / "geoseg.json").exists()
+    resumed = train(cfg, out, resume=True, emit=lambda _: None, progress_bar=False)
+    # The first run had finished, so only the refit's missing epoch ran: steps 3 and 4 of 4.
+    assert resumed.steps == 4 and len(resumed.losses) == 2
+    recipe = json.loads((out / "geoseg.json").read_text())["recipe"]
+    assert recipe["refit"] is True and resumed.scores is not None
 
 
 class _WorseningValidation(Callback):

@@ -40,7 +40,7 @@ def test_minimal_config_and_defaults(tmp_path: Path) -> None:
     assert [c.name for c in cfg.data.classes] == ["bare soil", "cyanobacteria"]
     assert cfg.data.label_field == "class"
     assert cfg.train.tile_size is None and cfg.train.steps is None  # auto: fitted to the labelled area
-    assert (cfg.train.schedule, cfg.train.tta, cfg.train.refit, cfg.train.loss) == ("cosine", True, False, "ce+dice")
+    assert (cfg.train.schedule, cfg.train.tta, cfg.train.refit, cfg.train.loss) == ("cosine", True, True, "ce+dice")
     assert cfg.model.weights == "imagenet"
     assert cfg.preprocess.scaling == "auto"
 
