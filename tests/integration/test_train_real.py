@@ -143,8 +143,8 @@ train: {{tile_size: 128, batch_size: 4, samples_per_epoch: 64}}
     sampler = ts.train_sampler.samplers[0]
     region = images[0].validation
     for window in sampler.windows():
-        r0, c0 = max(window.row, 0), max(window.col, 0)
-        r1, c1 = window.row + window.height, window.col + window.width
+        r0, c0 = max(window.row_off, 0), max(window.col_off, 0)
+        r1, c1 = window.row_off + window.height, window.col_off + window.width
         assert (truth[r0:r1, c0:c1][~region[r0:r1, c0:c1]] != IGNORE_INDEX).any(), "an unlabelled window was drawn"
         assert not region[r0:r1, c0:c1].any(), "a training window touched the validation region"
 
