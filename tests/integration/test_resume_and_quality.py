@@ -28,16 +28,21 @@ def survey(tmp_path_factory: pytest.TempPathFactory):
     return make_survey(tmp_path_factory.mktemp("survey"), size=384, seed=3)
 
 
-@pytest.mark.slow
-def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, survey, lite0_weights: Path) -> None:
-    config = write_config(
+def _survey_config(tmp_path: Path, survey, lite0_weights: Path, train_keys: str) -> Path:
+    """The survey's training config: 128 px windows, batch 2, 2-step epochs, and ``train_keys``."""
+    return write_config(
         tmp_path / "train.yaml",
         f"""
 data: {{images: [{survey.image}], labels: {survey.labels}, classes: {{1: soil, 2: crust, 3: lichen, 4: moss}}}}
 model: {{encoder: tu-efficientnet_lite0, weights: {lite0_weights}}}
-train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, epochs: 10, refit: false}}
+train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, {train_keys}}}
 """,
     )
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, survey, lite0_weights: Path) -> None:
+    config = _survey_config(tmp_path, survey, lite0_weights, "epochs: 10, refit: false")
     cfg = load_config(config)
     out = tmp_path / "bundle"
     with pytest.raises(OutputExistsError, match="no checkpoint to resume"):
@@ -82,14 +87,7 @@ class _InterruptRefitOnce(Callback):
 
 @pytest.mark.slow
 def test_an_interrupted_refit_resumes_from_its_last_epoch(tmp_path: Path, survey, lite0_weights: Path) -> None:
-    config = write_config(
-        tmp_path / "train.yaml",
-        f"""
-data: {{images: [{survey.image}], labels: {survey.labels}, classes: {{1: soil, 2: crust, 3: lichen, 4: moss}}}}
-model: {{encoder: tu-efficientnet_lite0, weights: {lite0_weights}}}
-train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, steps: 4, refit: true}}
-""",
-    )
+    config = _survey_config(tmp_path, survey, lite0_weights, "steps: 4, refit: true")
     cfg = load_config(config)
     out = tmp_path / "bundle"
     interrupt = _InterruptRefitOnce()
@@ -130,14 +128,7 @@ def test_keep_chooses_the_bundle_weights_and_resume_starts_from_the_last_epoch(
 ) -> None:
     """``train.keep`` says which weights the bundle holds; whatever it says, last.ckpt (what --resume reads)
     is the last epoch, not the best validation's earlier one."""
-    config = write_config(
-        tmp_path / "train.yaml",
-        f"""
-data: {{images: [{survey.image}], labels: {survey.labels}, classes: {{1: soil, 2: crust, 3: lichen, 4: moss}}}}
-model: {{encoder: tu-efficientnet_lite0, weights: {lite0_weights}}}
-train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, epochs: 3, refit: false, keep: {keep}}}
-""",
-    )
+    config = _survey_config(tmp_path, survey, lite0_weights, f"epochs: 3, refit: false, keep: {keep}")
     out = tmp_path / "bundle"
     train(load_config(config), out, emit=lambda _: None, progress_bar=False, callbacks=[_WorseningValidation()])
     checkpoints = tmp_path / "bundle.train" / "checkpoints"
@@ -160,14 +151,7 @@ def test_a_run_that_ends_between_validations_validates_its_final_weights(
 ) -> None:
     """5 steps of 2-step epochs: validations at steps 2 and 4 and, as the run ends, at step 5, so the final
     weights the bundle keeps have their own scores."""
-    config = write_config(
-        tmp_path / "train.yaml",
-        f"""
-data: {{images: [{survey.image}], labels: {survey.labels}, classes: {{1: soil, 2: crust, 3: lichen, 4: moss}}}}
-model: {{encoder: tu-efficientnet_lite0, weights: {lite0_weights}}}
-train: {{tile_size: 128, batch_size: 2, samples_per_epoch: 4, epochs: 3, refit: false}}
-""",
-    )
+    config = _survey_config(tmp_path, survey, lite0_weights, "epochs: 3, refit: false")
     result = train(load_config(config), tmp_path / "bundle", max_steps=5, emit=lambda _: None, progress_bar=False)
     assert result.steps == 5
     with (tmp_path / "bundle.train" / "logs" / "metrics.csv").open() as f:
