@@ -327,9 +327,10 @@ def run_geoseg(case: Case, seed: int, variant: str, max_steps: int | None, folde
                 tile=bundle.meta.tile_size, seconds=seconds, device=device_name)]  # fmt: skip
     # A second row from the same training: without refit, its best-validation checkpoint ("@best"); with refit,
     # the first run's final weights, trained without the validation strip ("@first").
-    refit = bool(bundle.meta.extra.get("recipe", {}).get("refit"))
+    recipe = bundle.meta.extra.get("recipe", {})
+    refit = bool(recipe.get("refit"))
     checkpoint = folder / "model.train" / "checkpoints" / ("last.ckpt" if refit else "best.ckpt")
-    if VARIANTS[variant].get("keep", "final") == "final" and checkpoint.exists():
+    if recipe.get("keep") == "final" and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         prefix = "ema_model." if any(k.startswith("ema_model.") for k in state["state_dict"]) else "model."
         bundle.model.load_state_dict({k.removeprefix(prefix): v for k, v in state["state_dict"].items()

@@ -200,8 +200,8 @@ def validation_windows(region: np.ndarray, labels: np.ndarray, size: int) -> lis
             own_c0 = c if ci == 0 else max(c, col_offsets[ci - 1] + size)
             window = Window(c, r, size, size)
             owned = Window(own_c0, own_r0, c + size - own_c0, r + size - own_r0)
-            r0, c0 = max(owned.row_off, 0), max(owned.col_off, 0)
-            if labelled[r0 : owned.row_off + owned.height, c0 : owned.col_off + owned.width].any():
+            part = clip_window(owned, *labelled.shape)
+            if part is not None and labelled[part[0].toslices()].any():
                 out.append((window, owned))
     return out
 

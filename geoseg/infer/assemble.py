@@ -18,6 +18,7 @@ import bisect
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -192,7 +193,7 @@ class BlockGrid:
     row_edges: tuple[int, ...]
     col_edges: tuple[int, ...]
 
-    @property
+    @cached_property
     def blocks(self) -> dict[tuple[int, int], Window]:
         """Each block by its (row, column) index, row-major."""
         return {
@@ -212,11 +213,14 @@ class BlockGrid:
         cols = range(_position(self.col_edges, c0), _position(self.col_edges, c0 + int(area.width) - 1) + 1)
         return [(i, j) for i in rows for j in cols]
 
-    def sources(self, raster_shape: tuple[int, int], tile: int, overlap: int) -> dict[tuple[int, int], list]:
-        """For each block, the other blocks whose own windows reach into it."""
+    def reaches(self, raster_shape: tuple[int, int], tile: int, overlap: int) -> dict[tuple[int, int], Window | None]:
+        """For each block, the raster area its own windows cover (``reach``)."""
+        return {key: reach(block, raster_shape, tile, overlap) for key, block in self.blocks.items()}
+
+    def sources(self, reaches: dict[tuple[int, int], Window | None]) -> dict[tuple[int, int], list[tuple[int, int]]]:
+        """For each block, the other blocks whose own windows (``reaches``) reach into it."""
         reaching: dict[tuple[int, int], list[tuple[int, int]]] = {key: [] for key in self.blocks}
-        for key, block in self.blocks.items():
-            area = reach(block, raster_shape, tile, overlap)
+        for key, area in reaches.items():
             for target in self.overlapped(area) if area is not None else []:
                 if target != key:
                     reaching[target].append(key)
@@ -234,7 +238,7 @@ class Assembler:
         self.grid = BlockGrid(tuple(row_edges), tuple(col_edges))
         self._index = self.grid.blocks
         self.blocks = list(self._index.values())
-        sources = self.grid.sources(raster_shape, spec.tile, spec.overlap)
+        sources = self.grid.sources(self.grid.reaches(raster_shape, spec.tile, spec.overlap))
         self._waiting = {key: 1 + len(reaching) for key, reaching in sources.items()}  # +1: the block's own report
         # Pieces received per block, kept as copies of just the area they cover: a spill from the block
         # above is only a tile's rows deep, and it waits a whole row of blocks before it is used.

@@ -27,7 +27,7 @@ from dask.delayed import Delayed
 from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX
-from geoseg.infer.assemble import BlockGrid, Contribution, Piece, block_span, finish_block, piece_for, reach
+from geoseg.infer.assemble import BlockGrid, Contribution, Piece, block_span, finish_block, piece_for
 from geoseg.infer.block import ModelSource, segment_block
 from geoseg.infer.engine import BlockResult, InferenceSpec, slice_padded
 from geoseg.io.raster import cap_gdal_cache, clip_window
@@ -60,8 +60,8 @@ def segment_array(
     grid = BlockGrid(tuple(itertools.accumulate(raw.chunks[1], initial=0)),
                      tuple(itertools.accumulate(raw.chunks[2], initial=0)))  # fmt: skip
     cores = grid.blocks
-    areas = {key: reach(core, shape, spec.tile, spec.overlap) for key, core in cores.items()}
-    sources = grid.sources(shape, spec.tile, spec.overlap)  # the blocks whose windows reach into each chunk
+    areas = grid.reaches(shape, spec.tile, spec.overlap)
+    sources = grid.sources(areas)  # the blocks whose windows reach into each chunk
     layouts = {key: _layout(cores[key], [areas[k] for k in sources[key]]) for key in cores}
     contributions: dict[tuple[int, int], Delayed] = {}
     for key, core in cores.items():

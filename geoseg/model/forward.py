@@ -22,7 +22,7 @@ def batch_probabilities(
     """Softmax probabilities (n, classes, h, w) of up to ``batch_size`` normalized (bands, h, w) windows.
 
     They run as one batch of always ``batch_size`` windows (zero-padded), so a window's probabilities do not
-    depend on how many others share its batch. Inference and the drift check's confidence sample both use it.
+    depend on how many others share its batch.
     """
     device = next(model.parameters()).device
     batch = np.zeros((batch_size, *windows[0].shape), dtype=np.float32)
