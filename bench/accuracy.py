@@ -99,6 +99,9 @@ VARIANTS: dict[str, dict] = {
     "refit-ce": {"refit": True, "loss": "ce"},
     "refit-balanced": {"refit": True, "class_weights": "balanced"},
     "refit-light-aug": {"refit": True, "augment": {"scale_jitter": 0.0, "color": 0.0, "blur": 0.0, "noise": 0.0}},
+    # Photometric jitter: none (absolute brightness stays a cue, as for the forest) or stronger (colour a weaker cue).
+    "no-photometric": {"augment": {"brightness": 0.0, "contrast": 0.0, "color": 0.0}},
+    "strong-photometric": {"augment": {"brightness": 0.2, "contrast": 0.2, "color": 0.2}},
     # The default keeps the final weights; a run that does also scores its best-validation checkpoint, so
     # both choices come from one training (rows "<variant>" and "<variant>@best"; bench/RESULTS.md).
     "final": {"keep": "final"},
