@@ -42,8 +42,9 @@ from geoseg.model.bundle import BundleMeta, bundle_version
 if TYPE_CHECKING:
     import geopandas as gpd
     import pandas as pd
-    import torch
     import xarray as xr
+
+    from geoseg.model.forward import Network
 
 NUMPY_CHUNK = 1024  # block side for NumPy-backed input (rounded up to whole window strides), as `geoseg infer`'s
 
@@ -77,7 +78,7 @@ class Model:
         return list(self.meta.bands)
 
     @property
-    def network(self) -> torch.nn.Module:
+    def network(self) -> Network:
         return self.source.network()
 
 

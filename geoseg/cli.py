@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from geoseg.errors import GeoSegError
+from geoseg.errors import INSTALL_TORCH, GeoSegError, needs_torch
 from geoseg.io.raster import atomic_path
 from geoseg.progress import Progress, ProgressMode
 
@@ -761,6 +761,13 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
+    except ModuleNotFoundError as exc:
+        if not needs_torch(exc):
+            raise
+        typer.echo(f"geoseg: error: this needs PyTorch, which this install lacks (no module {exc.name!r}): "
+                   f"{INSTALL_TORCH}; ONNX models run without it (geoseg infer MOSAIC --model model.onnx)",
+                   err=True)  # fmt: skip
+        sys.exit(2)
     except Exception as exc:
         if not isinstance(exc, _click_exceptions()):
             raise

@@ -5,8 +5,6 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-import torch
-
 from geoseg.errors import DeviceError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -16,11 +14,32 @@ def resolve_device(requested: str) -> str:
     """'auto' → cuda when a GPU is visible, else cpu; an explicit 'cuda' without a GPU is an input error."""
     if requested not in DEVICES:
         raise DeviceError(f"--device must be one of {', '.join(DEVICES)}, got {requested!r}")
-    if requested == "cuda" and not torch.cuda.is_available():
+    if requested == "cuda" and not cuda_available():
         raise DeviceError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if cuda_available() else "cpu"
     return requested
+
+
+@cache
+def cuda_available() -> bool:
+    """A CUDA GPU torch can use; in an install without torch (``geoseg[onnx]`` alone), one ONNX Runtime can."""
+    try:
+        import torch
+    except ImportError:
+        try:
+            import onnxruntime
+        except ImportError:
+            return False
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    return torch.cuda.is_available()
+
+
+def cuda_bf16() -> bool:
+    """bf16 on the GPU (Ampere and later); fp16 otherwise."""
+    import torch
+
+    return torch.cuda.is_bf16_supported()
 
 
 @cache
@@ -49,5 +68,5 @@ def training_precision(accelerator: str) -> str:
     channels-last (bench/train_speed.py), so such CPUs train in fp32.
     """
     if accelerator == "cuda":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return "bf16-mixed" if cuda_bf16() else "16-mixed"
     return "bf16-mixed" if cpu_has_amx() else "32-true"

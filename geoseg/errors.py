@@ -50,3 +50,16 @@ class OutputError(GeoSegError):
 
 class Cancelled(Exception):
     """Work stopped part-way because the run is being interrupted; its partial output is already removed."""
+
+
+# What `pip install 'geoseg[torch]'` adds: a command that imports one of these in an install without it
+# gets one line saying so (the CLI), never a traceback.
+TORCH_MODULES = frozenset(
+    {"torch", "torchvision", "torchgeo", "lightning", "segmentation_models_pytorch", "timm", "torchmetrics"}
+)
+INSTALL_TORCH = "pip install 'geoseg[torch]'"
+
+
+def needs_torch(exc: ImportError) -> bool:
+    """Whether ``exc`` is the import of a module only the torch extra installs."""
+    return isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in TORCH_MODULES

@@ -13,13 +13,12 @@ from itertools import batched
 from pathlib import Path
 
 import numpy as np
-import torch
 from rasterio.windows import Window
 
 from geoseg.data.preprocess import Normalization
 from geoseg.io.raster import open_raster, read_window
 from geoseg.io.tiling import grid_offsets
-from geoseg.model.forward import batch_probabilities
+from geoseg.model.forward import ArrayNetwork, Network, batch_probabilities
 
 CONFIDENCE_THRESHOLD = 0.5  # top softmax probability below which a pixel counts as low-confidence
 SAMPLE_PIXELS = 2**22
@@ -52,7 +51,7 @@ def sample_windows(height: int, width: int, tile: int, max_pixels: int = SAMPLE_
 
 
 def low_confidence_counts(
-    model: torch.nn.Module,
+    model: Network,
     path: Path,
     bands: Sequence[int],
     normalization: Normalization,
@@ -82,7 +81,7 @@ def low_confidence_counts(
 
 
 def low_confidence(
-    model: torch.nn.Module,
+    model: Network,
     path: Path,
     bands: Sequence[int],
     normalization: Normalization,
@@ -90,6 +89,7 @@ def low_confidence(
     threshold: float = CONFIDENCE_THRESHOLD,
     reference: float | None = None,
 ) -> LowConfidence:
-    model.eval()
+    if not isinstance(model, ArrayNetwork):
+        model.eval()
     low, total, windows = low_confidence_counts(model, path, bands, normalization, tile, threshold)
     return LowConfidence(low / max(total, 1), threshold, total, windows, reference)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-import torch
 from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX
@@ -29,6 +28,7 @@ from geoseg.infer.engine import BlockResult, InferenceSpec, Reader, forward_wind
 from geoseg.infer.windows import blend_weights
 from geoseg.io.raster import clip_window
 from geoseg.io.tiling import grid_offsets
+from geoseg.model.forward import Network
 
 FIXED_POINT = np.float32(2.0**24)
 
@@ -142,9 +142,8 @@ def _covered(origins: list[tuple[int, int]], raster_shape: tuple[int, int], tile
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
-@torch.inference_mode()
 def block_contribution(
-    model: torch.nn.Module,
+    model: Network,
     read: Reader,
     core: Window,
     raster_shape: tuple[int, int],

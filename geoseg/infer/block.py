@@ -2,8 +2,8 @@
 
 The caller supplies ``read(window) -> (raw, valid)``; this module supplies the rest that must be the same
 for the numbers to be the same: the process's cached model (channels-last, loaded once per bundle
-version and device) and one intra-op thread on the CPU. PyTorch's convolutions sum in a different order
-with another thread count, so without it a class map would depend on the scheduler.
+version and device) and one intra-op thread on the CPU. Convolutions sum in a different order with
+another thread count, so without it a class map would depend on the scheduler.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from rasterio.windows import Window
 
 from geoseg.infer.assemble import Contribution, block_contribution
 from geoseg.infer.engine import InferenceSpec, Reader
 from geoseg.model.bundle import Bundle, load_bundle
+from geoseg.model.forward import ArrayNetwork, Network, one_intra_op_thread
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class ModelSource:
     device: str
     version: str = ""  # geoseg.model.bundle.bundle_version: a rewritten bundle is loaded afresh
 
-    def network(self) -> torch.nn.Module:
+    def network(self) -> Network:
         return cached_bundle(self.path, self.device, self.version).model
 
 
@@ -44,23 +44,22 @@ def cached_bundle(path: str, device: str, version: str = "") -> Bundle:
         held = _MODELS.get((path, device))
         if held is None or held[0] != version:
             bundle = load_bundle(path, device=device)
-            bundle.model.to(memory_format=torch.channels_last)
+            if not isinstance(bundle.model, ArrayNetwork):
+                import torch
+
+                bundle.model.to(memory_format=torch.channels_last)
             _MODELS[(path, device)] = (version, bundle)
         return _MODELS[(path, device)][1]
 
 
 @contextlib.contextmanager
 def one_cpu_thread(device: str) -> Iterator[None]:
-    """One intra-op thread in this thread (OpenMP's setting is per thread), restored afterwards."""
+    """One intra-op thread in this thread on the CPU (``forward.one_intra_op_thread``), restored afterwards."""
     if device != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_intra_op_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def segment_block(
@@ -72,5 +71,6 @@ def segment_block(
     region: Callable[[Window], np.ndarray] | None = None,
 ) -> Contribution:
     """The windows ``core`` owns, blended into a fixed-point contribution (see ``assemble.py``)."""
+    network = model.network()  # loaded first: one_cpu_thread sets torch's threads only once torch is imported
     with one_cpu_thread(model.device):
-        return block_contribution(model.network(), read, core, raster_shape, spec, region)
+        return block_contribution(network, read, core, raster_shape, spec, region)

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from itertools import batched
 
 import numpy as np
-import torch
 from rasterio.windows import Window
 
 from geoseg.data.preprocess import Normalization
 from geoseg.io.raster import clip_window
-from geoseg.model.forward import batch_probabilities
+from geoseg.model.forward import Network, batch_probabilities
 
 Reader = Callable[[Window], tuple[np.ndarray, np.ndarray]]
 
@@ -41,7 +40,7 @@ class BlockResult:
 
 
 def forward_windows(
-    model: torch.nn.Module,
+    model: Network,
     image: np.ndarray,
     top: int,
     left: int,

@@ -6,9 +6,7 @@
 
 from __future__ import annotations
 
-import torch
-
-from geoseg.device import cpu_has_bf16
+from geoseg.device import cpu_has_bf16, cuda_bf16
 from geoseg.errors import InputError
 from geoseg.model.bundle import MIN_TILE, BundleMeta
 
@@ -30,7 +28,7 @@ def resolve_precision(requested: str, device: str, name: str = "--precision", me
     if requested != "auto":
         return requested
     if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_bf16() else "fp16"
     return "bf16" if cpu_has_bf16() else "fp32"
 
 

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from rasterio.windows import Window
 
 from geoseg.data.preprocess import Normalization
@@ -18,6 +17,7 @@ from geoseg.infer.engine import InferenceSpec, slice_padded
 from geoseg.io.classmap import write_class_map
 from geoseg.io.raster import open_raster, read_info, read_window
 from geoseg.model.bundle import Bundle, check_bundle_fits
+from geoseg.model.forward import Network
 
 
 def segment_file(bundle: Bundle, mosaic: Path, out: Path, overwrite: bool = False, tta: bool | None = None) -> Path:
@@ -41,7 +41,7 @@ def segment_file(bundle: Bundle, mosaic: Path, out: Path, overwrite: bool = Fals
 
 
 def predict_block(
-    model: torch.nn.Module,
+    model: Network,
     raw: np.ndarray,
     valid: np.ndarray,
     normalization: Normalization,

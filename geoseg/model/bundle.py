@@ -15,16 +15,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import segmentation_models_pytorch as smp
-import torch
+from typing import TYPE_CHECKING, Any
 
 from geoseg._version import __version__
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.data.preprocess import Normalization
-from geoseg.errors import BundleError, OutputExistsError
+from geoseg.errors import INSTALL_TORCH, BundleError, OutputExistsError, needs_torch
 from geoseg.io.raster import RasterInfo, check_not_mirrored, remove_stale_partials, umask
+
+if TYPE_CHECKING:
+    import segmentation_models_pytorch as smp
+    import torch
+
+    from geoseg.model.forward import Network
 
 FORMAT_VERSION = 1
 META_FILE = "geoseg.json"
@@ -136,7 +139,7 @@ def _check_meaningful(bands: list[int], normalization: Normalization, tile: int,
 
 @dataclass
 class Bundle:
-    model: torch.nn.Module
+    model: Network  # a torch module, or ONNX Runtime's network for an .onnx file
     meta: BundleMeta
     path: Path
 
@@ -191,7 +194,7 @@ def bundle_version(path: str | Path) -> str:
     return ";".join(f"{s.st_size}:{s.st_mtime_ns}" for s in stats)
 
 
-def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
     """Load a bundle directory (or the same zipped) made by geoseg or by smp + geoseg.json alone, or an
     ONNX model (``geoseg export``'s, or a Deepness segmentation model) run by ONNX Runtime."""
     path = Path(path)
@@ -252,7 +255,14 @@ def _bundle_root(extracted: Path, source: Path) -> Path:
     return hits[0]
 
 
-def _load_dir(path: Path, device: str | torch.device) -> Bundle:
+def _load_dir(path: Path, device: str) -> Bundle:
+    try:
+        import segmentation_models_pytorch as smp  # here, not above: an ONNX-only install has no torch
+    except ImportError as exc:
+        if not needs_torch(exc):
+            raise
+        raise BundleError(f"is a PyTorch model bundle and this install has no PyTorch: {INSTALL_TORCH}, or run "
+                          "`geoseg export` where it is installed and pass the .onnx file", path) from None  # fmt: skip
     for required in BUNDLE_FILES:
         if not (path / required).is_file():
             raise BundleError(f"lacks {required}; a bundle holds config.json, model.safetensors and {META_FILE}", path)
@@ -276,6 +286,8 @@ def _load_dir(path: Path, device: str | torch.device) -> Bundle:
 
 
 def _input_channels(model: torch.nn.Module) -> int | None:
+    import torch
+
     first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
     return first.in_channels if first is not None else None
 

@@ -1,12 +1,13 @@
 """An ONNX model as a bundle: geoseg's own exports (``geoseg export``) and Deepness segmentation models.
 
-The network runs in ONNX Runtime behind a torch module, so the inference engine (windows, test-time
-augmentation, blending) is the same one the torch bundles use. The engine hands the network
-normalized windows and takes logits; ``OnnxNetwork`` maps those onto what the graph expects:
+The network runs in ONNX Runtime as an ``ArrayNetwork`` (numpy in, probabilities out), so the inference
+engine (windows, test-time augmentation, blending) is the same one the torch bundles use, and nothing on
+this path imports torch: ``pip install 'geoseg[onnx]'`` alone can segment. The engine hands the network
+normalized windows; ``OnnxNetwork`` maps those onto what the graph expects:
 - geoseg's exports take raw band values, so the engine's input is mapped back through the bundle's
   normalization (exact: the engine's values lie inside the normalization's clipped range);
 - Deepness models take ``(pixel / 255 - mean) / std``, which is the bundle this module builds for them.
-Both graphs end in probabilities; their logarithm gives the engine the same probabilities back.
+Both graphs end in probabilities, which the engine blends as it blends a torch network's softmax.
 """
 
 from __future__ import annotations
@@ -17,24 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from geoseg.data.preprocess import Normalization
 from geoseg.errors import BundleError
 from geoseg.model.bundle import Bundle, BundleMeta
-from geoseg.model.onnx_export import GEOSEG_KEY
+from geoseg.model.forward import intra_op_threads
+from geoseg.tta import averaged_array_probabilities
+
+GEOSEG_KEY = "geoseg"  # metadata_props key holding the bundle's geoseg.json
 
 DEEPNESS_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
-_TINY = 1e-30  # log(0) would give -inf; any probability this small is 0 to the argmax and the blend
 
 
-class OnnxNetwork(torch.nn.Module):
-    """Normalized windows (N, C, H, W) in, log-probabilities out, computed by ONNX Runtime."""
+class OnnxNetwork:
+    """Normalized windows (N, C, H, W) in, probabilities out, computed by ONNX Runtime (an ``ArrayNetwork``)."""
 
     def __init__(self, path: Path, providers: list[str], raw_input: Normalization | None) -> None:
-        super().__init__()
-        # The engine asks a network's parameters where to put its input; ONNX Runtime takes host memory.
-        self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
         self.path, self.providers = path, providers
         self.raw_input = raw_input
         self._sessions: dict[int, Any] = {}
@@ -42,7 +41,7 @@ class OnnxNetwork(torch.nn.Module):
         self.input_name = self.session(1).get_inputs()[0].name
 
     def session(self, threads: int) -> Any:
-        """One session per thread count: Dask workers run one thread each, a lone caller all of torch's."""
+        """One session per thread count: Dask workers run one thread each, a lone caller all the cores."""
         import onnxruntime as ort
 
         with self._lock:
@@ -54,23 +53,25 @@ class OnnxNetwork(torch.nn.Module):
                 self._sessions[threads] = ort.InferenceSession(str(self.path), options, providers=self.providers)
             return self._sessions[threads]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().float().cpu()
+    def probabilities(self, batch: np.ndarray, tta: bool) -> np.ndarray:
+        return averaged_array_probabilities(self._run, batch, tta)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         if self.raw_input is not None:
             x = _denormalize(x, self.raw_input)
-        feed = {self.input_name: np.ascontiguousarray(x.numpy(), dtype=np.float32)}
-        probs = self.session(torch.get_num_threads()).run(None, feed)[0]
+        feed = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
+        probs = self.session(intra_op_threads()).run(None, feed)[0]
         if probs.shape[1] == 1:  # Deepness's binary models: one sigmoid channel for the second class
             probs = np.concatenate([1.0 - probs, probs], axis=1)
-        return torch.from_numpy(np.log(np.maximum(probs, _TINY)))
+        return probs
 
 
-def _denormalize(x: torch.Tensor, normalization: Normalization) -> torch.Tensor:
-    lo, span, mean, std = (torch.from_numpy(column[None]) for column in normalization.columns())
+def _denormalize(x: np.ndarray, normalization: Normalization) -> np.ndarray:
+    lo, span, mean, std = (column[None].astype(np.float32) for column in normalization.columns())
     return lo + span * (x * std + mean)
 
 
-def load_onnx_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
+def load_onnx_bundle(path: Path, device: str = "cpu") -> Bundle:
     """Read ``path`` (a .onnx file) as a bundle: geoseg's metadata if present, else Deepness's."""
     try:
         import onnxruntime as ort
@@ -78,7 +79,7 @@ def load_onnx_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
         raise BundleError("is an ONNX model; running it needs ONNX Runtime: pip install 'geoseg[onnx]'", path) from None
     if not path.is_file():
         raise BundleError("ONNX model not found", path)
-    cuda = torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+    cuda = str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
     try:
         probe = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -105,8 +106,7 @@ def load_onnx_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
                           "Deepness's keys (model_type, class_names)", path)  # fmt: skip
     _check_shapes(meta, in_shape, out_shape, path)
     meta.fixed_tile, meta.runtime = isinstance(in_shape[-1], int), "onnx"
-    network = OnnxNetwork(path, providers, raw_input)
-    return Bundle(model=network.eval(), meta=meta, path=path)
+    return Bundle(model=OnnxNetwork(path, providers, raw_input), meta=meta, path=path)
 
 
 def _json_value(props: dict[str, str], key: str, path: Path) -> Any:

@@ -23,11 +23,11 @@ from geoseg.data.preprocess import Normalization
 from geoseg.errors import InputError, OutputExistsError
 from geoseg.io.raster import atomic_path
 from geoseg.model.bundle import Bundle, BundleMeta
+from geoseg.model.onnx_bundle import GEOSEG_KEY
 
 OPSET = 18  # ONNX Runtime has run opset 18 since 1.14 (2023); QGIS installs of Deepness ship newer ones
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
-GEOSEG_KEY = "geoseg"
 
 
 class RawInputNetwork(torch.nn.Module):

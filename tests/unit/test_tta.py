@@ -9,7 +9,7 @@ from rasterio.windows import Window
 
 from geoseg.infer.assemble import Assembler, block_contribution
 from geoseg.infer.engine import InferenceSpec, slice_padded
-from geoseg.tta import VIEWS, _forward_view, _inverse_view, averaged_probabilities
+from geoseg.tta import VIEWS, _forward_view, _inverse_view, averaged_array_probabilities, averaged_probabilities
 from tests.unit.test_engine import CLASS_IDS, NORM, PerPixel, _image
 
 
@@ -59,6 +59,26 @@ def test_tta_averages_views_of_a_lopsided_model() -> None:
     # The average over the group is itself invariant: rotating the input rotates the result.
     rotated = averaged_probabilities(model, torch.rot90(x, 1, dims=(-2, -1)), tta=True)
     torch.testing.assert_close(rotated, torch.rot90(averaged, 1, dims=(-2, -1)), atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_numpy_views_average_as_torch_views_do() -> None:
+    """ONNX Runtime's path (numpy, no torch) and the torch path give the same averaged probabilities."""
+    model = Lopsided()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+
+    def probabilities_of(array: np.ndarray) -> np.ndarray:
+        return torch.softmax(model(torch.from_numpy(array)), dim=1).numpy()
+
+    for tta in (False, True):
+        expected = averaged_probabilities(model, x, tta=tta).numpy()
+        got = averaged_array_probabilities(probabilities_of, x.numpy(), tta=tta)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert not np.allclose(averaged_array_probabilities(probabilities_of, x.numpy(), tta=True),
+                           averaged_array_probabilities(probabilities_of, x.numpy(), tta=False), atol=1e-3)  # fmt: skip
+    with pytest.raises(ValueError, match="square"):
+        averaged_array_probabilities(probabilities_of, np.zeros((1, 3, 8, 16), np.float32), tta=True)
 
 
 def test_tta_needs_square_windows() -> None:
