@@ -38,6 +38,7 @@ from geoseg.infer.lazy import segment_array
 from geoseg.infer.settings import default_batch_size, resolve_precision, window_size
 from geoseg.io.classmap import CLASSES_TAG
 from geoseg.model.bundle import BundleMeta, bundle_version
+from geoseg.polygons import DEFAULT_SIEVE
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -224,6 +225,7 @@ def vectorize(
     classes: xr.DataArray,
     model: Model | None = None,
     *,
+    sieve: int = DEFAULT_SIEVE,
     min_area: float = 0.0,
     simplify: float = 0.0,
     connectivity: int = 4,
@@ -236,6 +238,7 @@ def vectorize(
     Args:
         classes: a ``(y, x)`` uint8 DataArray with a CRS, e.g. from ``segment``.
         model: names the classes; default the ids.
+        sieve: first merge regions smaller than this many pixels into their largest neighbour (0: none).
         min_area: drop regions smaller than this, in CRS units² (m² in a metric CRS).
         simplify: coverage simplification tolerance in CRS units; shared borders stay shared.
         connectivity: 4 (edges) or 8 (edges and corners) joins pixels into regions.
@@ -260,6 +263,7 @@ def vectorize(
         min_area=min_area,
         simplify=simplify,
         connectivity=connectivity,
+        sieve=sieve,
     )
 
 

@@ -13,6 +13,7 @@ import typer
 
 from geoseg.errors import INSTALL_TORCH, GeoSegError, needs_torch
 from geoseg.io.raster import atomic_path
+from geoseg.polygons import DEFAULT_SIEVE
 from geoseg.progress import Progress, ProgressMode
 
 app = typer.Typer(
@@ -49,6 +50,16 @@ RemedyOption = Annotated[Remedy, typer.Option("--remedy", help=REMEDY_HELP)]
 MinAreaOption = Annotated[
     float,
     typer.Option("--min-area", min=0, help="Drop polygons smaller than this (CRS units², m² for projected CRSs)."),
+]
+SieveOption = Annotated[
+    int,
+    typer.Option(
+        "--sieve",
+        min=0,
+        help="Polygons only: merge regions smaller than this many pixels into their largest neighbour first "
+        "(GDAL's sieve), so speckles do not each become a polygon. 0: one polygon per region. The class map "
+        "and the areas are not changed.",
+    ),
 ]
 SimplifyOption = Annotated[
     float,
@@ -206,6 +217,7 @@ def infer(
             help="Also write <stem>_confidence.tif (percent, the blended probability of the chosen class).",
         ),
     ] = False,
+    sieve: SieveOption = DEFAULT_SIEVE,
     min_area: MinAreaOption = 0.0,
     simplify: SimplifyOption = 0.0,
     remedy: RemedyOption = Remedy.none,
@@ -244,10 +256,12 @@ def infer(
         reporter.message(f"confidence: {result.confidence}")
     if paths.polygons is not None:
         reporter.update("polygons", 0, 1)
-    finished = finish_outputs(paths, min_area=min_area, simplify=simplify, overwrite=overwrite)
+    finished = finish_outputs(paths, min_area=min_area, simplify=simplify, overwrite=overwrite, sieve=sieve)
     if paths.polygons is not None:
         reporter.update("polygons", 1, 1)
-        reporter.message(f"polygons: {paths.polygons} ({finished.polygons:,})")
+        reporter.message(
+            f"polygons: {paths.polygons} ({finished.polygons:,}{sieved_note(finished.merged_pixels, sieve)})"
+        )
     reporter.message(areas_table(finished.areas))
     reporter.message(f"areas: {paths.areas}")
 
@@ -392,6 +406,7 @@ def batch(
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16, as for `geoseg infer`.")] = "auto",
     confidence: Annotated[bool, typer.Option("--confidence", help="Also write <stem>_confidence.tif.")] = False,
     no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip the per-mosaic GeoPackages.")] = False,
+    sieve: SieveOption = DEFAULT_SIEVE,
     min_area: MinAreaOption = 0.0,
     simplify: SimplifyOption = 0.0,
     merge_polygons: Annotated[
@@ -429,8 +444,8 @@ def batch(
                                  remedy=remedy.value, tta=tta)  # fmt: skip
     cluster = ClusterOptions(scheduler=scheduler, workers=workers or default_workers(), tls_ca_file=tls_ca_file,
                              tls_cert=tls_cert, tls_key=tls_key)  # fmt: skip
-    options = BatchOptions(infer=infer_options, cluster=cluster, polygons=not no_polygons, min_area=min_area,
-                           simplify=simplify, merge_polygons=merge_polygons, resume=resume,
+    options = BatchOptions(infer=infer_options, cluster=cluster, polygons=not no_polygons, sieve=sieve,
+                           min_area=min_area, simplify=simplify, merge_polygons=merge_polygons, resume=resume,
                            overwrite=overwrite)  # fmt: skip
     summary = run_batch(inputs, model, out_dir, options, Progress(progress))
     print_summary(summary)
@@ -494,6 +509,7 @@ def vectorize(
         Path | None,
         typer.Option("--model", "-m", help="Take class names from this bundle. Default: the class map's own table."),
     ] = None,
+    sieve: SieveOption = DEFAULT_SIEVE,
     min_area: MinAreaOption = 0.0,
     simplify: SimplifyOption = 0.0,
     connectivity: Annotated[
@@ -515,10 +531,12 @@ def vectorize(
     stage(0, 1)
     target = out or Path(f"{class_map.stem}_polygons.gpkg")
     result = vectorize_class_map(class_map, target, classes, min_area=min_area, simplify=simplify,
-                                 connectivity=connectivity, overwrite=overwrite)  # fmt: skip
+                                 connectivity=connectivity, overwrite=overwrite, sieve=sieve)  # fmt: skip
     stage(1, 1)
     dropped = f", {result.dropped:,} under --min-area dropped" if result.dropped else ""
-    reporter.message(f"polygons: {result.path} ({result.n_polygons:,}{dropped})")
+    reporter.message(
+        f"polygons: {result.path} ({result.n_polygons:,}{dropped}{sieved_note(result.merged_pixels, sieve)})"
+    )
 
 
 @app.command()
@@ -645,6 +663,10 @@ def landscape(
     typer.echo(f"metrics: {target} ({len(rows)} rows)")
     if edges_png is not None:
         typer.echo(f"edges: {write_edges_figure(class_map, edges_png, classes, overwrite)}")
+
+
+def sieved_note(merged_pixels: int, sieve: int) -> str:
+    return f"; {merged_pixels:,} px of regions under {sieve} px merged into a neighbour" if merged_pixels else ""
 
 
 def bundle_classes(model: Path | None) -> list | None:

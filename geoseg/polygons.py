@@ -14,9 +14,16 @@ is built either. Nodata (255, or the file's nodata value) is polygonized like an
 are skipped, which gives exactly the polygons a validity mask would (nodata is its own value, so it
 never joins a class region).
 
-Small regions are dropped (``min_area`` in CRS units², ``min_pixels`` in pixels): they leave a gap, never
-an overlap. Simplification is shapely's coverage simplification (Visvalingam-Whyatt, shapely ≥ 2.1) over
-all polygons at once, so a border two polygons share stays one border: no gaps or overlaps appear.
+Regions smaller than ``sieve`` pixels (default ``DEFAULT_SIEVE``, 9: less than a 3×3 square) are first merged
+into their largest neighbour, as GDAL's sieve does, so a noisy map's speckles do not each become a polygon;
+nodata neither grows nor absorbs anything. The class map file is not changed: the sieve runs on strips of
+full rows (with ``sieve`` rows of context above and below, so whether a region is small is decided exactly)
+written to a temporary file beside the output, which GDAL then polygonizes. ``sieve=0`` gives one polygon per
+region of the class map. Small regions can also be dropped (``min_area`` in CRS units², ``min_pixels`` in
+pixels): they leave a gap, never an overlap.
+
+Simplification is shapely's coverage simplification (Visvalingam-Whyatt, shapely ≥ 2.1) over all polygons
+at once, so a border two polygons share stays one border: no gaps or overlaps appear.
 
 ``class_map_polygons`` runs the same steps on an in-memory class map (``geoseg.vectorize``'s engine) and
 returns the GeoDataFrame instead of writing it.
@@ -26,12 +33,14 @@ returns the GeoDataFrame instead of writing it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import tempfile
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,7 +68,8 @@ if TYPE_CHECKING:
 LAYER_NAME = "classes"
 CLASS_MAP_DTYPES = ("uint8", "uint16")
 _FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".parquet": "Parquet"}
-_STRIP_PIXELS = 1 << 24  # class_areas reads strips of at most this many pixels (16 MiB of uint8)
+_STRIP_PIXELS = 1 << 24  # class_areas and the sieve read strips of at most this many pixels (16 MiB of uint8)
+DEFAULT_SIEVE = 9  # px: regions smaller than a 3×3 square are merged into a neighbour before polygonizing
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class VectorizeResult:
     n_polygons: int
     counts: dict[int, int] = field(default_factory=dict)  # class id -> polygons written
     dropped: int = 0  # polygons removed by min_area / min_pixels
+    merged_pixels: int = 0  # pixels of regions under the sieve size, polygonized as their neighbour's class
     simplified: bool = False  # False also when simplification was asked for but is unavailable
 
 
@@ -83,11 +94,13 @@ def vectorize_class_map(
     overwrite: bool = False,
     min_pixels: int = 0,
     cancel: threading.Event | None = None,
+    sieve: int = DEFAULT_SIEVE,
 ) -> VectorizeResult:
     """Polygonize a class map into ``out`` (.gpkg layer "classes", .geojson/.json, or .parquet).
 
     Regions of one class connected by ``connectivity`` (4: edges; 8: edges and corners) become one polygon
-    each, holes included. Regions smaller than ``min_area`` (CRS units²) or ``min_pixels`` pixels are
+    each, holes included, after regions smaller than ``sieve`` pixels are merged into their largest
+    neighbour (0: none). Regions smaller than ``min_area`` (CRS units²) or ``min_pixels`` pixels are
     dropped. ``simplify`` is the coverage simplification tolerance in CRS units (roughly the square root
     of the largest triangle area removed); 0 keeps the exact pixel outlines.
 
@@ -99,24 +112,31 @@ def vectorize_class_map(
     """
     class_map, out = Path(class_map), Path(out)
     driver = _output_driver(out)
-    _check_options(connectivity, min_area, min_pixels, simplify)
+    _check_options(connectivity, min_area, min_pixels, simplify, sieve)
     ensure_writable(out, overwrite)
     _ensure_folder_writable(out)
 
     with open_raster(class_map) as ds:
         check_class_map(ds, class_map)
     verify_readable(class_map)  # GDAL's polygonize skips unreadable tiles silently: an empty layer, exit 0
-    with open_raster(class_map) as ds:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open_raster(class_map) as ds, tempfile.TemporaryDirectory(prefix=".sieve-", dir=out.parent) as tmp:
         names = class_names(ds, classes)
         crs = ds.crs
         threshold = _area_threshold(min_area, min_pixels, abs(ds.transform.determinant))
-        features = rasterio.features.shapes(rasterio.band(ds, 1), connectivity=connectivity)
-        found = _polygonize(features, nodata_ids(ds.nodata), threshold, simplify, cancel)
+        merged = 0
+        if sieve:
+            source, merged = _write_sieved(ds, Path(tmp) / "sieved.tif", sieve, connectivity, cancel)
+        with open_raster(source) if sieve else contextlib.nullcontext(ds) as polygonized:
+            features = rasterio.features.shapes(rasterio.band(polygonized, 1), connectivity=connectivity)
+            found = _polygonize(features, nodata_ids(ds.nodata), threshold, simplify, cancel)
 
     _stop_if(cancel)
     _write(out, driver, polygon_frame(found.polygons, found.ids, names, crs))
     counts = dict(sorted(Counter(found.ids).items()))
-    return VectorizeResult(out, len(found.ids), counts, found.dropped, found.simplified)
+    return VectorizeResult(
+        out, len(found.ids), counts, found.dropped, merged_pixels=merged, simplified=found.simplified
+    )
 
 
 def class_map_polygons(
@@ -129,14 +149,20 @@ def class_map_polygons(
     simplify: float = 0.0,
     connectivity: int = 4,
     min_pixels: int = 0,
+    sieve: int = DEFAULT_SIEVE,
 ) -> gpd.GeoDataFrame:
     """``vectorize_class_map`` for an in-memory (height, width) class map: the same polygons, as a GeoDataFrame.
 
     ``nodata`` is skipped besides 255; class names come from ``classes``, else are the ids.
     """
-    _check_options(connectivity, min_area, min_pixels, simplify)
+    _check_options(connectivity, min_area, min_pixels, simplify, sieve)
     names = {int(c.id): c.name for c in classes} if classes else {}
     threshold = _area_threshold(min_area, min_pixels, abs(transform.determinant))
+    if sieve:
+        height, width = class_map.shape
+        strips = _sieved_strips(lambda top, bottom: class_map[top:bottom], height, width, sieve, connectivity,
+                                nodata_ids(nodata))  # fmt: skip
+        class_map = np.concatenate([rows for _, rows, _ in strips]) if height else class_map
     features = rasterio.features.shapes(class_map, transform=transform, connectivity=connectivity)
     found = _polygonize(features, nodata_ids(nodata), threshold, simplify)
     return polygon_frame(found.polygons, found.ids, names, crs)
@@ -148,6 +174,47 @@ class _Found:
     ids: list[int]  # their class ids
     dropped: int
     simplified: bool
+
+
+def _sieved_strips(
+    read: Callable[[int, int], np.ndarray], height: int, width: int, size: int, connectivity: int, skip: set[int]
+) -> Iterator[tuple[int, np.ndarray, int]]:
+    """(first row, sieved rows, pixels changed) for strips of full rows of a class map ``read(top, bottom)``.
+
+    Each strip is sieved with ``size`` rows of context above and below: a region smaller than ``size`` pixels
+    spans fewer rows than that, and a larger one cut off by the context still shows ``size`` pixels or more,
+    so which regions are small is decided exactly. Which neighbour is the largest is judged within the strip
+    and its context, so where a speckle touches two large regions it may join the other one than a sieve of
+    the whole map would; the strips depend only on the map's width, never on how it was written or split.
+    Nodata (``skip``) is masked out: never merged, never grown.
+    """
+    rows = max(1, _STRIP_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        lo, hi = max(0, top - size), min(height, bottom + size)
+        block = np.ascontiguousarray(read(lo, hi))
+        sieved = rasterio.features.sieve(block, size, connectivity=connectivity, mask=~np.isin(block, list(skip)))
+        core = slice(top - lo, bottom - lo)
+        yield top, sieved[core], int(np.count_nonzero(sieved[core] != block[core]))
+
+
+def _write_sieved(ds: rasterio.DatasetReader, path: Path, size: int, connectivity: int,
+                  cancel: threading.Event | None) -> tuple[Path, int]:  # fmt: skip
+    """The sieved class map as a GeoTIFF at ``path`` (striped, fast deflate: GDAL polygonizes it by scanlines)."""
+    profile = {"driver": "GTiff", "width": ds.width, "height": ds.height, "count": 1, "dtype": ds.dtypes[0],
+               "crs": ds.crs, "transform": ds.transform, "nodata": ds.nodata, "compress": "deflate",
+               "zlevel": 1}  # fmt: skip
+    merged = 0
+
+    def read(top: int, bottom: int) -> np.ndarray:
+        return ds.read(1, window=Window(0, top, ds.width, bottom - top))
+
+    with rasterio.open(path, "w", **profile) as out:
+        for top, rows, changed in _sieved_strips(read, ds.height, ds.width, size, connectivity, nodata_ids(ds.nodata)):
+            _stop_if(cancel)
+            out.write(rows, 1, window=Window(0, top, ds.width, rows.shape[0]))
+            merged += changed
+    return path, merged
 
 
 def _stop_if(cancel: threading.Event | None) -> None:
@@ -289,11 +356,11 @@ def nodata_ids(nodata: float | None) -> set[int]:
     return skip
 
 
-def _check_options(connectivity: int, min_area: float, min_pixels: int, simplify: float) -> None:
+def _check_options(connectivity: int, min_area: float, min_pixels: int, simplify: float, sieve: int = 0) -> None:
     if connectivity not in (4, 8):
         raise ConfigError(f"connectivity must be 4 or 8, not {connectivity}")
-    if min_area < 0 or min_pixels < 0 or simplify < 0:
-        raise ConfigError("min area, min pixels and simplification tolerance must be 0 or more")
+    if min_area < 0 or min_pixels < 0 or simplify < 0 or sieve < 0:
+        raise ConfigError("sieve, min area, min pixels and simplification tolerance must be 0 or more")
 
 
 def _area_threshold(min_area: float, min_pixels: int, pixel_area: float) -> float:
@@ -427,4 +494,12 @@ def _write(out: Path, driver: str, frame: gpd.GeoDataFrame) -> None:
             staged.unlink(missing_ok=True)
 
 
-__all__ = ["LAYER_NAME", "VectorizeResult", "class_areas", "class_map_polygons", "polygon_frame", "vectorize_class_map"]
+__all__ = [
+    "DEFAULT_SIEVE",
+    "LAYER_NAME",
+    "VectorizeResult",
+    "class_areas",
+    "class_map_polygons",
+    "polygon_frame",
+    "vectorize_class_map",
+]

@@ -42,6 +42,7 @@ from geoseg.infer.run import InferOptions, MosaicWriter, check_output_folder, pl
 from geoseg.infer.settings import window_size
 from geoseg.io.raster import first_line, read_info
 from geoseg.model.bundle import Bundle, load_bundle
+from geoseg.polygons import DEFAULT_SIEVE
 from geoseg.progress import Progress
 
 EXIT_SOME_FAILED = 3
@@ -53,6 +54,7 @@ class BatchOptions:
     infer: InferOptions = field(default_factory=InferOptions)
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
     polygons: bool = True
+    sieve: int = DEFAULT_SIEVE
     min_area: float = 0.0
     simplify: float = 0.0
     merge_polygons: bool = False
@@ -64,7 +66,7 @@ class BatchOptions:
         i = self.infer
         return {"confidence": i.confidence, "polygons": self.polygons, "tile": tile, "overlap": overlap,
                 "remedy": i.remedy, "precision": i.precision, "tta": i.tta, "aoi": str(i.aoi) if i.aoi else None,
-                "min_area": self.min_area, "simplify": self.simplify}  # fmt: skip
+                "sieve": self.sieve, "min_area": self.min_area, "simplify": self.simplify}  # fmt: skip
 
 
 @dataclass
@@ -285,7 +287,7 @@ class _Batch:
         Interrupted part-way, the mosaic is recorded as failed, so --resume segments it again."""
         try:
             finished = finish_outputs(mosaic.paths, self.options.min_area, self.options.simplify, overwrite=True,
-                                      cancel=cancel)  # fmt: skip
+                                      cancel=cancel, sieve=self.options.sieve)  # fmt: skip
         except Cancelled:
             self._record_failure(mosaic, INTERRUPTED_REASON)
             return

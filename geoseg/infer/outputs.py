@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geoseg.io.raster import atomic_path
-from geoseg.polygons import class_areas, vectorize_class_map
+from geoseg.polygons import DEFAULT_SIEVE, class_areas, vectorize_class_map
 
 
 @dataclass(frozen=True)
@@ -42,20 +42,21 @@ class OutputPaths:
 class FinishedOutputs:
     areas: dict
     polygons: int | None  # how many were written, None when polygons were not asked for
+    merged_pixels: int = 0  # pixels of regions under the sieve size, polygonized as a neighbour's class
 
 
 def finish_outputs(paths: OutputPaths, min_area: float, simplify: float, overwrite: bool,
-                   cancel: threading.Event | None = None) -> FinishedOutputs:  # fmt: skip
+                   cancel: threading.Event | None = None, sieve: int = DEFAULT_SIEVE) -> FinishedOutputs:  # fmt: skip
     """Polygons (streamed from the written class map) and the per-class areas, each written atomically.
 
     ``cancel`` set from another thread stops the polygons part-way (:class:`~geoseg.errors.Cancelled`).
     """
-    n_polygons = None
+    n_polygons, merged = None, 0
     if paths.polygons is not None:
         vectors = vectorize_class_map(paths.classes, paths.polygons, min_area=min_area, simplify=simplify,
-                                      overwrite=overwrite, cancel=cancel)  # fmt: skip
-        n_polygons = vectors.n_polygons
+                                      overwrite=overwrite, cancel=cancel, sieve=sieve)  # fmt: skip
+        n_polygons, merged = vectors.n_polygons, vectors.merged_pixels
     areas = class_areas(paths.classes)
     with atomic_path(paths.areas) as tmp:
         tmp.write_text(json.dumps(areas, indent=2) + "\n")
-    return FinishedOutputs(areas, n_polygons)
+    return FinishedOutputs(areas, n_polygons, merged)

@@ -93,7 +93,7 @@ def canonical(frame: gpd.GeoDataFrame) -> list[tuple[int, bytes]]:
 
 def test_spacenet_mask_gives_43_building_polygons(spacenet_map: Path, tmp_path: Path) -> None:
     out = tmp_path / "polygons.gpkg"
-    result = vectorize_class_map(spacenet_map, out, connectivity=4, min_pixels=40)
+    result = vectorize_class_map(spacenet_map, out, connectivity=4, min_pixels=40, sieve=0)
     frame = read_polygons(out)
     buildings = frame[frame.class_id == 1]
     assert len(buildings) == 43
@@ -110,9 +110,9 @@ def test_spacenet_mask_gives_43_building_polygons(spacenet_map: Path, tmp_path: 
 
 
 def test_min_area_in_crs_units_matches_min_pixels(spacenet_map: Path, tmp_path: Path) -> None:
-    by_area = vectorize_class_map(spacenet_map, tmp_path / "a.gpkg", min_area=40.0)
-    by_pixels = vectorize_class_map(spacenet_map, tmp_path / "p.gpkg", min_pixels=40)
-    everything = vectorize_class_map(spacenet_map, tmp_path / "all.gpkg")
+    by_area = vectorize_class_map(spacenet_map, tmp_path / "a.gpkg", min_area=40.0, sieve=0)
+    by_pixels = vectorize_class_map(spacenet_map, tmp_path / "p.gpkg", min_pixels=40, sieve=0)
+    everything = vectorize_class_map(spacenet_map, tmp_path / "all.gpkg", sieve=0)
     assert by_area.counts == by_pixels.counts
     assert everything.counts[1] == 44 and everything.dropped == 0
 
@@ -122,8 +122,8 @@ def test_connectivity_diagonal_line(tmp_path: Path) -> None:
     image = np.zeros((10, 10), dtype=np.uint8)
     np.fill_diagonal(image, 1)
     path = write_map(tmp_path / "diagonal.tif", image)
-    rook = vectorize_class_map(path, tmp_path / "rook.gpkg", connectivity=4)
-    queen = vectorize_class_map(path, tmp_path / "queen.gpkg", connectivity=8)
+    rook = vectorize_class_map(path, tmp_path / "rook.gpkg", connectivity=4, sieve=0)
+    queen = vectorize_class_map(path, tmp_path / "queen.gpkg", connectivity=8, sieve=0)
     assert rook.n_polygons == 12 and rook.counts == {0: 2, 1: 10}
     assert queen.n_polygons == 2 and queen.counts == {0: 1, 1: 1}
     assert read_polygons(tmp_path / "queen.gpkg").is_valid.all()
@@ -179,7 +179,7 @@ def test_fields_crs_and_areas(tmp_path: Path) -> None:
     transform = from_origin(740_000, 3_737_000, 0.5, 0.5)
     path = write_map(tmp_path / "classes.tif", classes, transform)
     out = tmp_path / "polygons.gpkg"
-    vectorize_class_map(path, out)
+    vectorize_class_map(path, out, sieve=0)  # one polygon per region: per-class areas equal the map's
     frame = read_polygons(out)
     assert list(frame.columns) == ["class_id", "class_name", "area", "area_m2", "geometry"]
     assert frame.crs.equals(ProjCRS.from_epsg(32616))
@@ -205,10 +205,10 @@ def test_fields_crs_and_areas(tmp_path: Path) -> None:
 def test_names_from_specs_then_tag_then_ids(tmp_path: Path) -> None:
     image = np.array([[0, 1], [2, 255]], dtype=np.uint8)
     untagged = write_map(tmp_path / "untagged.tif", image, tag=False)
-    frame = read_polygons(vectorize_class_map(untagged, tmp_path / "ids.geojson").path)
+    frame = read_polygons(vectorize_class_map(untagged, tmp_path / "ids.geojson", sieve=0).path)
     assert sorted(frame.class_name) == ["0", "1", "2"]
     specs = [ClassSpec("7", 2, "moss", "#00ff00")]
-    named = read_polygons(vectorize_class_map(untagged, tmp_path / "named.geojson", classes=specs).path)
+    named = read_polygons(vectorize_class_map(untagged, tmp_path / "named.geojson", classes=specs, sieve=0).path)
     assert dict(zip(named.class_id, named.class_name, strict=True))[2] == "moss"
     report = class_areas(untagged, classes=specs)
     assert [(c["class_id"], c["name"], c["pixels"]) for c in report["classes"]] == [
@@ -328,7 +328,7 @@ def test_vectorize_command_names_classes_from_a_bundle_and_drops_small_regions(
     out = tmp_path / "polygons.gpkg"
     done = subprocess.run(
         [sys.executable, "-m", "geoseg", "vectorize", str(spacenet_map), "--model", str(bundle), "--out", str(out),
-         "--min-area", "40", "--progress", "none"],
+         "--min-area", "40", "--sieve", "0", "--progress", "none"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
