@@ -94,6 +94,7 @@ class SegmentRaster(GeoSegAlgorithm):
     INPUT, MODEL, AOI = "INPUT", "MODEL", "AOI"
     TILE, OVERLAP, BATCH_SIZE, BLOCK_SIZE = "TILE", "OVERLAP", "BATCH_SIZE", "BLOCK_SIZE"
     DEVICE, PRECISION, MIN_AREA, SIMPLIFY, REMEDY = "DEVICE", "PRECISION", "MIN_AREA", "SIMPLIFY", "REMEDY"
+    SIEVE = "SIEVE"
     OUTPUT, POLYGONS, CONFIDENCE, AREAS = "OUTPUT", "POLYGONS", "CONFIDENCE", "AREAS"
     stage_ranges: ClassVar[dict[str, tuple[float, float]]] = {"segment": (0.0, 90.0), "polygons": (90.0, 100.0)}
 
@@ -134,6 +135,7 @@ class SegmentRaster(GeoSegAlgorithm):
         advanced = [
             QgsProcessingParameterEnum(self.PRECISION, "Precision", PRECISIONS, defaultValue=0),
             _integer(self.BLOCK_SIZE, "Block size (px; memory per worker)", 1024, 64),
+            _integer(self.SIEVE, SIEVE_LABEL, SIEVE_DEFAULT, 0),
             _distance(self.MIN_AREA, "Drop polygons smaller than (CRS units², m² if projected)"),
             _distance(self.SIMPLIFY, "Simplify polygons (tolerance, CRS units)"),
         ]
@@ -169,6 +171,7 @@ class SegmentRaster(GeoSegAlgorithm):
                     "--precision", PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)],
                     "--remedy", REMEDIES[self.parameterAsEnum(parameters, self.REMEDY, context)],
                     "--block-size", str(self.parameterAsInt(parameters, self.BLOCK_SIZE, context)),
+                    "--sieve", str(self.parameterAsInt(parameters, self.SIEVE, context)),
                     "--min-area", repr(self.parameterAsDouble(parameters, self.MIN_AREA, context)),
                     "--simplify", repr(self.parameterAsDouble(parameters, self.SIMPLIFY, context))]  # fmt: skip
             for name, option in ((self.TILE, "--tile"), (self.OVERLAP, "--overlap"), (self.BATCH_SIZE, "--batch-size")):
@@ -202,8 +205,8 @@ class SegmentRaster(GeoSegAlgorithm):
 
 
 class VectorizeClassRaster(GeoSegAlgorithm):
-    INPUT, MODEL, MIN_AREA, SIMPLIFY, CONNECTIVITY, OUTPUT = (
-        "INPUT", "MODEL", "MIN_AREA", "SIMPLIFY", "CONNECTIVITY", "OUTPUT"
+    INPUT, MODEL, SIEVE, MIN_AREA, SIMPLIFY, CONNECTIVITY, OUTPUT = (
+        "INPUT", "MODEL", "SIEVE", "MIN_AREA", "SIMPLIFY", "CONNECTIVITY", "OUTPUT"
     )  # fmt: skip
 
     def name(self) -> str:
@@ -222,6 +225,7 @@ class VectorizeClassRaster(GeoSegAlgorithm):
     def initAlgorithm(self, config=None) -> None:
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Class map"))
         self.addParameter(_model_parameter(self.MODEL, optional=True))
+        self.addParameter(_integer(self.SIEVE, SIEVE_LABEL, SIEVE_DEFAULT, 0))
         self.addParameter(_distance(self.MIN_AREA, "Drop polygons smaller than (CRS units², m² if projected)"))
         self.addParameter(_distance(self.SIMPLIFY, "Simplify (tolerance, CRS units)"))
         connect_by = ["edges (4)", "edges and corners (8)"]  # CONNECTIVITY, in words
@@ -239,6 +243,7 @@ class VectorizeClassRaster(GeoSegAlgorithm):
         with _Staging(out) as staging:
             connectivity = CONNECTIVITY[self.parameterAsEnum(parameters, self.CONNECTIVITY, context)]
             args = ["vectorize", source, "--out", str(staging.folder / "polygons.gpkg"), "--progress", "json",
+                    "--sieve", str(self.parameterAsInt(parameters, self.SIEVE, context)),
                     "--min-area", repr(self.parameterAsDouble(parameters, self.MIN_AREA, context)),
                     "--simplify", repr(self.parameterAsDouble(parameters, self.SIMPLIFY, context)),
                     "--connectivity", connectivity]  # fmt: skip
@@ -574,6 +579,10 @@ def _model_parameter(name: str, optional: bool) -> QgsProcessingParameterFile:
     # is accepted too where the path is typed or comes from a script, a model or qgis_process.
     return QgsProcessingParameterFile(name, "Model bundle (a geoseg train folder, or .zip)",
                                       QgsProcessingParameterFile.Folder, optional=optional)  # fmt: skip
+
+
+SIEVE_DEFAULT = 9  # geoseg's own default (geoseg.polygons.DEFAULT_SIEVE); QGIS's Python never imports geoseg
+SIEVE_LABEL = "Merge regions smaller than (px) into their largest neighbour first (0: keep every region)"
 
 
 def _integer(name: str, label: str, default: int | None, minimum: int) -> QgsProcessingParameterNumber:
