@@ -10,9 +10,15 @@ overviews, then polygons and areas. In one process, side by side:
    raster of its size with overviews (what any tool must do);
 2. **ceiling run**: `segment_mosaic` (class map only) with the bundle's network replaced in the worker
    cache by a 1×1 convolution of the same input and output channels, `--workers W` threads, timed;
-3. **profiled run**: the same on the synchronous scheduler under cProfile, and the polygons and areas
+3. **polygons**: `vectorize_class_map` on the ceiling run's class map, timed, with the default sieve
+   (regions under 9 px merged into a neighbour) and with `--sieve 0` (one polygon per region), against
+   the class map's own seconds (issue 13: the polygon stage should take no longer than segmentation);
+4. **profiled run**: the same on the synchronous scheduler under cProfile, and the polygons and areas
    after it, split into stages by the functions that do each stage (cumulative times; cProfile slows
    Python-heavy stages more than NumPy/GDAL-heavy ones, so read the shares as an upper bound for Python).
+
+With ``--memory-sizes 4096 16384`` it then runs the default outputs (class map, sieved polygons, areas)
+for each size in a fresh process and reports its peak memory (issue 13: within 1.2× from 4096² to 16384²).
 
 Prints a markdown table for bench/RESULTS.md.
 """
@@ -21,9 +27,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import os
 import platform
 import pstats
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -136,13 +145,51 @@ def cpu_name() -> str:
     return platform.processor()
 
 
+def default_outputs(size: int, workers: int, out: Path) -> dict:
+    """Class map, sieved polygons and areas of a ``size``² mosaic in this process: seconds and peak RSS."""
+    from geoseg.polygons import class_areas, vectorize_class_map
+
+    mosaic = ensure_mosaic(out / f"mosaic_{size}.tif", size)
+    bundle = make_bundle(out / "bundle_resnet18", "resnet18")
+    swap_network(bundle)
+    classes = out / f"classes_{size}.tif"
+    seconds = segment(mosaic, bundle, classes, "threads", workers)
+    start = time.perf_counter()
+    made = vectorize_class_map(classes, out / f"polygons_{size}.gpkg", overwrite=True)
+    class_areas(classes)
+    polygons = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
+    return {"size": size, "class_map_s": seconds, "polygons_s": polygons, "polygons": made.n_polygons, "peak_gib": peak}
+
+
+def memory_rows(sizes: list[int], workers: int, out: Path) -> None:
+    print("\nDefault outputs (class map, polygons with the default sieve, areas), each size in a fresh process:\n")
+    print(
+        "| mosaic | class map s | polygons + areas s | polygons | peak RSS GiB | × first |\n|---|---|---|---|---|---|"
+    )
+    first = None
+    for size in sizes:
+        command = [sys.executable, __file__, "--child", str(size), "--workers", str(workers), "--out-dir", str(out)]
+        row = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+        first = first or row["peak_gib"]
+        print(f"| {size}² | {row['class_map_s']:.1f} | {row['polygons_s']:.1f} | {row['polygons']:,} | "
+              f"{row['peak_gib']:.2f} | {row['peak_gib'] / first:.2f} |")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "pipeline")
+    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[])
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
+
+    if args.child:
+        torch.set_num_threads(1)
+        print(json.dumps(default_outputs(args.child, args.workers, args.out_dir)))
+        return
 
     torch.set_num_threads(1)
     out = args.out_dir
@@ -155,7 +202,15 @@ def main() -> None:
     floor = io_floor(mosaic, out / "floor.tif")
     ceiling = segment(mosaic, bundle, out / "classes.tif", "threads", args.workers)
 
-    from geoseg.polygons import class_areas, vectorize_class_map
+    from geoseg.polygons import DEFAULT_SIEVE, class_areas, vectorize_class_map
+
+    polygon_rows = []
+    for sieve in (DEFAULT_SIEVE, 0):
+        start = time.perf_counter()
+        made = vectorize_class_map(
+            out / "classes.tif", out / f"polygons_sieve{sieve}.gpkg", overwrite=True, sieve=sieve
+        )
+        polygon_rows.append((sieve, time.perf_counter() - start, made))
 
     profile = cProfile.Profile()
     start = time.perf_counter()
@@ -174,7 +229,12 @@ def main() -> None:
           f"{pixels / floor:.2f} | – | 1.00 |")  # fmt: skip
     print(f"| `geoseg infer` class map, 1×1-conv network, threads × {args.workers} | {ceiling:.1f} | "
           f"{pixels / ceiling:.2f} | {pixels / ceiling / args.workers:.2f} | {ceiling / floor:.2f} |\n")  # fmt: skip
-    print(f"Profiled (synchronous, one worker, cProfile; class map then polygons and areas): {profiled:.1f} s\n")
+    print(f"Polygons of that class map ({pixels:.1f} Mpx, against its {ceiling:.1f} s):\n")
+    print("| polygons | seconds | × class map | polygons written | pixels merged |\n|---|---|---|---|---|")
+    for sieve, seconds, made in polygon_rows:
+        label = f"default, `--sieve {sieve}`" if sieve else "`--sieve 0` (one per region)"
+        print(f"| {label} | {seconds:.1f} | {seconds / ceiling:.2f} | {made.n_polygons:,} | {made.merged_pixels:,} |")
+    print(f"\nProfiled (synchronous, one worker, cProfile; class map then polygons and areas): {profiled:.1f} s\n")
     print("| stage | seconds | share |\n|---|---|---|")
     accounted = 0.0
     for stage, seconds in stages.items():
@@ -182,6 +242,8 @@ def main() -> None:
         print(f"| {stage} | {seconds:.1f} | {100 * seconds / profiled:.0f} % |")
     print(f"| other (planning, drift check, imports, scheduling) | {profiled - accounted:.1f} | "
           f"{100 * (profiled - accounted) / profiled:.0f} % |")  # fmt: skip
+    if args.memory_sizes:
+        memory_rows(args.memory_sizes, args.workers, out)
 
 
 if __name__ == "__main__":
