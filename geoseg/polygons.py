@@ -129,7 +129,7 @@ def vectorize_class_map(
             source, merged = _write_sieved(ds, Path(tmp) / "sieved.tif", sieve, connectivity, cancel)
         with open_raster(source) if sieve else contextlib.nullcontext(ds) as polygonized:
             features = rasterio.features.shapes(rasterio.band(polygonized, 1), connectivity=connectivity)
-            found = _polygonize(features, nodata_ids(ds.nodata), threshold, simplify, cancel)
+            found = _polygonize(features, nodata_ids(ds.nodata), threshold, simplify, cancel, connectivity)
 
     _stop_if(cancel)
     _write(out, driver, polygon_frame(found.polygons, found.ids, names, crs))
@@ -164,7 +164,7 @@ def class_map_polygons(
                                 nodata_ids(nodata))  # fmt: skip
         class_map = np.concatenate([rows for _, rows, _ in strips]) if height else class_map
     features = rasterio.features.shapes(class_map, transform=transform, connectivity=connectivity)
-    found = _polygonize(features, nodata_ids(nodata), threshold, simplify)
+    found = _polygonize(features, nodata_ids(nodata), threshold, simplify, connectivity=connectivity)
     return polygon_frame(found.polygons, found.ids, names, crs)
 
 
@@ -223,7 +223,7 @@ def _stop_if(cancel: threading.Event | None) -> None:
 
 
 def _polygonize(features: Iterator[tuple[dict, float]], skip: set[int], threshold: float, simplify: float,
-                cancel: threading.Event | None = None) -> _Found:  # fmt: skip
+                cancel: threading.Event | None = None, connectivity: int = 8) -> _Found:  # fmt: skip
     """GDAL's polygons, nodata skipped, small ones dropped, repaired and coverage-simplified."""
     chunks: list[np.ndarray] = []
     chunk_ids: list[np.ndarray] = []
@@ -236,7 +236,7 @@ def _polygonize(features: Iterator[tuple[dict, float]], skip: set[int], threshol
         chunk_ids.append(values[keep])
     polygons = np.concatenate(chunks) if chunks else np.empty(0, dtype=object)
     ids = [int(i) for i in np.concatenate(chunk_ids)] if chunk_ids else []
-    polygons = _valid(polygons)
+    polygons = _valid(polygons, pixel_regions=connectivity == 4)
     simplified = False
     _stop_if(cancel)
     if simplify > 0 and len(polygons):
@@ -407,9 +407,24 @@ def _strips(width: int, height: int) -> Iterator[Window]:
         yield Window(0, row, width, min(rows, height - row))
 
 
-def _valid(polygons: np.ndarray) -> np.ndarray:
-    """Repair invalid geometries, keeping only their polygonal parts."""
-    bad = np.flatnonzero(~shapely.is_valid(polygons)) if len(polygons) else []
+def _valid(polygons: np.ndarray, pixel_regions: bool = False) -> np.ndarray:
+    """Repair invalid geometries, keeping only their polygonal parts.
+
+    ``pixel_regions``: the polygons are GDAL's outlines of 4-connected regions. Such a region's interior is
+    connected and its holes are other regions, so the only way it can be invalid is a ring that touches itself
+    at a corner. Only polygons with a ring that is not simple then get the full validity check, which on
+    polygons with thousands of holes costs several times more (bench/RESULTS.md, issue 13).
+    """
+    if not len(polygons):
+        return polygons
+    if pixel_regions:
+        rings, owners = shapely.get_rings(polygons, return_index=True)
+        suspect = np.zeros(len(polygons), dtype=bool)
+        np.logical_or.at(suspect, owners, ~shapely.is_simple(rings))
+        candidates = np.flatnonzero(suspect)
+        bad = candidates[~shapely.is_valid(polygons[candidates])]
+    else:
+        bad = np.flatnonzero(~shapely.is_valid(polygons))
     for i in bad:
         fixed = shapely.make_valid(polygons[i])
         if fixed.geom_type not in ("Polygon", "MultiPolygon"):
