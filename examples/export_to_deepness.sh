@@ -6,8 +6,7 @@
 # Needs `pip install 'geoseg[all]'`: exporting needs torch; the exported file then runs where only
 # `pip install 'geoseg[onnx]'` (no torch) is installed. Writes OUT_DIR (default ./onnx_example)/model.onnx,
 # the mosaic's class map, polygons and areas from the ONNX model, and prints what Deepness reads from the
-# file. In QGIS:
-# Deepness → Model file → model.onnx; its parameters fill in from the metadata.
+# file. In QGIS: Deepness → Model file → model.onnx; its parameters fill in from the metadata.
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: $0 MODEL_BUNDLE MOSAIC [OUT_DIR]" >&2; exit 2; }
 model=$1 mosaic=$2 out=${3:-onnx_example}
