@@ -232,11 +232,10 @@ def _polygonize(features: Iterator[tuple[dict, float]], skip: set[int], threshol
         _stop_if(cancel)
         keep = shapely.area(batch) >= threshold
         dropped += int(np.count_nonzero(~keep))
-        chunks.append(batch[keep])
+        chunks.append(_valid(batch[keep], pixel_regions=connectivity == 4))  # a batch at a time: its rings are copied
         chunk_ids.append(values[keep])
     polygons = np.concatenate(chunks) if chunks else np.empty(0, dtype=object)
     ids = [int(i) for i in np.concatenate(chunk_ids)] if chunk_ids else []
-    polygons = _valid(polygons, pixel_regions=connectivity == 4)
     simplified = False
     _stop_if(cancel)
     if simplify > 0 and len(polygons):
@@ -368,11 +367,14 @@ def _area_threshold(min_area: float, min_pixels: int, pixel_area: float) -> floa
     return max(min_area, min_pixels * pixel_area) * (1 - 1e-9)
 
 
-def _batches(features: Iterator[tuple[dict, float]], skip: set[int], size: int = 50_000) -> Iterator[tuple]:
-    """GDAL's GeoJSON-like polygons as shapely arrays, ``size`` at a time, nodata polygons skipped.
+def _batches(features: Iterator[tuple[dict, float]], skip: set[int], size: int = 50_000,
+             max_points: int = 1 << 20) -> Iterator[tuple]:  # fmt: skip
+    """GDAL's GeoJSON-like polygons as shapely arrays, nodata polygons skipped, in batches of ``size`` polygons
+    or ``max_points`` vertices, whichever comes first.
 
     Builds the polygons from one coordinate array per batch (5x faster than ``shapely.geometry.shape``
-    one by one).
+    one by one). The vertex cap bounds the batch's Python floats (about 100 bytes a vertex): a speckled map's
+    background polygon alone can have millions of vertices.
     """
     points: list = []
     ring_sizes: list[int] = []
@@ -387,7 +389,7 @@ def _batches(features: Iterator[tuple[dict, float]], skip: set[int], size: int =
             ring_sizes.append(len(ring))
             ring_owner.append(len(values))
         values.append(value)
-        if len(values) >= size:
+        if len(values) >= size or len(points) >= max_points:
             yield _polygons(points, ring_sizes, ring_owner), np.asarray(values, dtype=np.int64)
             points, ring_sizes, ring_owner, values = [], [], [], []
     if values:

@@ -390,3 +390,21 @@ def test_a_cancelled_vectorize_writes_nothing(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif"]
     cancel.clear()
     assert vectorize_class_map(class_map, out, cancel=cancel).n_polygons > 100
+
+
+def test_batches_capped_by_vertices_give_the_same_polygons(spacenet_map: Path) -> None:
+    """A speckled map's background polygon can hold millions of vertices: batches close at a vertex cap too."""
+    from geoseg.polygons import _batches
+
+    with rasterio.open(spacenet_map) as ds:
+        classes = ds.read(1)
+
+    def polygons(**caps: int) -> tuple[list[np.ndarray], np.ndarray]:
+        batches = list(_batches(rasterio.features.shapes(classes, connectivity=4), {255}, **caps))
+        return batches, np.concatenate([b for b, _ in batches])
+
+    whole, expected = polygons()
+    capped, got = polygons(max_points=300)
+    assert len(whole) == 1 and len(capped) >= 5
+    assert np.array_equal(np.concatenate([v for _, v in capped]), np.concatenate([v for _, v in whole]))
+    assert all(shapely.equals_exact(a, b) for a, b in zip(got, expected, strict=True))
