@@ -119,17 +119,18 @@ def vectorize_class_map(
     with open_raster(class_map) as ds:
         check_class_map(ds, class_map)
     verify_readable(class_map)  # GDAL's polygonize skips unreadable tiles silently: an empty layer, exit 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open_raster(class_map) as ds, tempfile.TemporaryDirectory(prefix=".sieve-", dir=out.parent) as tmp:
+    with open_raster(class_map) as ds, contextlib.ExitStack() as stack:  # closes the sieved map, then its folder
         names = class_names(ds, classes)
         crs = ds.crs
         threshold = _area_threshold(min_area, min_pixels, abs(ds.transform.determinant))
-        merged = 0
+        polygonized, merged = ds, 0
         if sieve:
-            source, merged = _write_sieved(ds, Path(tmp) / "sieved.tif", sieve, connectivity, cancel)
-        with open_raster(source) if sieve else contextlib.nullcontext(ds) as polygonized:
-            features = rasterio.features.shapes(rasterio.band(polygonized, 1), connectivity=connectivity)
-            found = _polygonize(features, nodata_ids(ds.nodata), threshold, simplify, cancel, connectivity)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".sieve-", dir=out.parent)))
+            sieved, merged = _write_sieved(ds, tmp / "sieved.tif", sieve, connectivity, cancel)
+            polygonized = stack.enter_context(open_raster(sieved))
+        features = rasterio.features.shapes(rasterio.band(polygonized, 1), connectivity=connectivity)
+        found = _polygonize(features, nodata_ids(ds.nodata), threshold, simplify, connectivity, cancel)
 
     _stop_if(cancel)
     _write(out, driver, polygon_frame(found.polygons, found.ids, names, crs))
@@ -164,7 +165,7 @@ def class_map_polygons(
                                 nodata_ids(nodata))  # fmt: skip
         class_map = np.concatenate([rows for _, rows, _ in strips]) if height else class_map
     features = rasterio.features.shapes(class_map, transform=transform, connectivity=connectivity)
-    found = _polygonize(features, nodata_ids(nodata), threshold, simplify, connectivity=connectivity)
+    found = _polygonize(features, nodata_ids(nodata), threshold, simplify, connectivity)
     return polygon_frame(found.polygons, found.ids, names, crs)
 
 
@@ -223,7 +224,7 @@ def _stop_if(cancel: threading.Event | None) -> None:
 
 
 def _polygonize(features: Iterator[tuple[dict, float]], skip: set[int], threshold: float, simplify: float,
-                cancel: threading.Event | None = None, connectivity: int = 8) -> _Found:  # fmt: skip
+                connectivity: int, cancel: threading.Event | None = None) -> _Found:  # fmt: skip
     """GDAL's polygons, nodata skipped, small ones dropped, repaired and coverage-simplified."""
     chunks: list[np.ndarray] = []
     chunk_ids: list[np.ndarray] = []
