@@ -92,6 +92,7 @@ VARIANTS: dict[str, dict] = {
     "lr-2e-3": {"lr": 2e-3},
     "wd-1e-4": {"weight_decay": 1e-4},
     "tile-512": {"tile_size": 512},
+    "tile-128": {"tile_size": 128},
     "ce-only": {"loss": "ce"},
     # With keep: final the refit trains as long as the first run did (before 2026-11-30: up to its best step).
     "refit": {"refit": True},
