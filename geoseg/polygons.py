@@ -1,26 +1,19 @@
 """Polygons and per-class areas from a class map, written or in memory (docs/formats.md, "Polygons and areas").
 
-``vectorize_class_map`` polygonizes the class map *file* with GDAL (``rasterio.features.shapes`` on a
-dataset band), so the result depends only on the pixels, never on how the map was written (block size,
-internal tiling). What is held in memory:
-
-- GDAL reads the band a scanline at a time and keeps only the arcs of the polygons still open;
-- rasterio gathers the finished polygons (nodata's included) in an in-memory OGR layer before yielding
-  them, and this module keeps the kept polygons as shapely geometries to simplify them together and write
-  them (built 50,000 at a time from one coordinate array each).
-
-So memory grows with the number and complexity of the polygons, never with a pixel array: no mask array
-is built either. Nodata (255, or the file's nodata value) is polygonized like any value and its polygons
-are skipped, which gives exactly the polygons a validity mask would (nodata is its own value, so it
-never joins a class region).
+``vectorize_class_map`` polygonizes the class map *file* with GDAL (``rasterio.features.shapes``), strip by strip
+of full rows (``geoseg.polygon_strips``), joining the regions that cross strip edges, so the result depends only
+on the pixels, never on how the map was written (block size, internal tiling) or on the strips' height. What is
+held in memory: one strip (at most ``_STRIP_PIXELS``), GDAL's polygons of that strip, the pieces of regions still
+open at its lower edge, and the finished polygons kept for the output (built 50,000 at a time from one coordinate
+array each). Nodata (255, or the file's nodata value) is masked out: it belongs to no polygon and joins no class
+region.
 
 Regions smaller than ``sieve`` pixels (default ``DEFAULT_SIEVE``, 9: less than a 3×3 square) are first merged
 into their largest neighbour, as GDAL's sieve does, so a noisy map's speckles do not each become a polygon;
-nodata neither grows nor absorbs anything. The class map file is not changed: the sieve runs on strips of
-full rows (with ``sieve`` rows of context above and below, so whether a region is small is decided exactly)
-written to a temporary file beside the output, which GDAL then polygonizes. ``sieve=0`` gives one polygon per
-region of the class map. Small regions can also be dropped (``min_area`` in CRS units², ``min_pixels`` in
-pixels): they leave a gap, never an overlap.
+nodata neither grows nor absorbs anything. The class map file is not changed: each strip is sieved as it is read,
+with ``sieve`` rows of context above and below, so whether a region is small is decided exactly. ``sieve=0``
+gives one polygon per region of the class map. Small regions can also be dropped (``min_area`` in CRS units²,
+``min_pixels`` in pixels): they leave a gap, never an overlap.
 
 Simplification is shapely's coverage simplification (Visvalingam-Whyatt, shapely ≥ 2.1) over all polygons
 at once, so a border two polygons share stays one border: no gaps or overlaps appear.
@@ -33,10 +26,8 @@ returns the GeoDataFrame instead of writing it.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
-import tempfile
 import threading
 import warnings
 from collections import Counter
@@ -59,8 +50,9 @@ from shapely.geometry.base import BaseGeometry
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import Cancelled, ConfigError, InputError, OutputError
 from geoseg.io.classmap import class_names
-from geoseg.io.raster import GridSpec, atomic_path, ensure_writable, open_raster, verify_readable
+from geoseg.io.raster import GridSpec, atomic_path, ensure_writable, first_line, open_raster
 from geoseg.io.vector import inside_window
+from geoseg.polygon_strips import region_polygons
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -118,19 +110,23 @@ def vectorize_class_map(
 
     with open_raster(class_map) as ds:
         check_class_map(ds, class_map)
-    verify_readable(class_map)  # GDAL's polygonize skips unreadable tiles silently: an empty layer, exit 0
-    with open_raster(class_map) as ds, contextlib.ExitStack() as stack:  # closes the sieved map, then its folder
+    with open_raster(class_map) as ds:
         names = class_names(ds, classes)
         crs = ds.crs
         threshold = _area_threshold(min_area, min_pixels, abs(ds.transform.determinant))
-        polygonized, merged = ds, 0
-        if sieve:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".sieve-", dir=out.parent)))
-            sieved, merged = _write_sieved(ds, tmp / "sieved.tif", sieve, connectivity, cancel)
-            polygonized = stack.enter_context(open_raster(sieved))
-        features = rasterio.features.shapes(rasterio.band(polygonized, 1), connectivity=connectivity)
-        found = _polygonize(features, nodata_ids(ds.nodata), threshold, simplify, connectivity, cancel)
+        skip = nodata_ids(ds.nodata)
+
+        def read(top: int, bottom: int) -> np.ndarray:
+            try:
+                return ds.read(1, window=Window(0, top, ds.width, bottom - top))
+            except rasterio.errors.RasterioIOError as exc:
+                raise InputError(f"is corrupted or truncated ({first_line(exc)}); re-export or re-copy it",
+                                 class_map) from None  # fmt: skip
+
+        strips = _ClassStrips(read, ds.height, ds.width, sieve, connectivity, skip, cancel)
+        regions = region_polygons(strips, ds.height, ds.transform, connectivity, skip)
+        found = _polygonize(regions, threshold, simplify, connectivity, cancel)
+        merged = strips.merged
 
     _stop_if(cancel)
     _write(out, driver, polygon_frame(found.polygons, found.ids, names, crs))
@@ -159,13 +155,11 @@ def class_map_polygons(
     _check_options(connectivity, min_area, min_pixels, simplify, sieve)
     names = {int(c.id): c.name for c in classes} if classes else {}
     threshold = _area_threshold(min_area, min_pixels, abs(transform.determinant))
-    if sieve:
-        height, width = class_map.shape
-        strips = _sieved_strips(lambda top, bottom: class_map[top:bottom], height, width, sieve, connectivity,
-                                nodata_ids(nodata))  # fmt: skip
-        class_map = np.concatenate([rows for _, rows, _ in strips]) if height else class_map
-    features = rasterio.features.shapes(class_map, transform=transform, connectivity=connectivity)
-    found = _polygonize(features, nodata_ids(nodata), threshold, simplify, connectivity)
+    height, width = class_map.shape
+    skip = nodata_ids(nodata)
+    strips = _ClassStrips(lambda top, bottom: class_map[top:bottom], height, width, sieve, connectivity, skip)
+    regions = region_polygons(strips, height, transform, connectivity, skip)
+    found = _polygonize(regions, threshold, simplify, connectivity)
     return polygon_frame(found.polygons, found.ids, names, crs)
 
 
@@ -199,23 +193,28 @@ def _sieved_strips(
         yield top, sieved[core], int(np.count_nonzero(sieved[core] != block[core]))
 
 
-def _write_sieved(ds: rasterio.DatasetReader, path: Path, size: int, connectivity: int,
-                  cancel: threading.Event | None) -> tuple[Path, int]:  # fmt: skip
-    """The sieved class map as a GeoTIFF at ``path`` (striped, fast deflate: GDAL polygonizes it by scanlines)."""
-    profile = {"driver": "GTiff", "width": ds.width, "height": ds.height, "count": 1, "dtype": ds.dtypes[0],
-               "crs": ds.crs, "transform": ds.transform, "nodata": ds.nodata, "compress": "deflate",
-               "zlevel": 1}  # fmt: skip
-    merged = 0
+class _ClassStrips:
+    """The class map's strips of full rows, top to bottom, as (first row, rows): sieved when ``sieve`` > 0.
 
-    def read(top: int, bottom: int) -> np.ndarray:
-        return ds.read(1, window=Window(0, top, ds.width, bottom - top))
+    Counts the pixels the sieve changed (``merged``) and stops at the next strip once ``cancel`` is set.
+    """
 
-    with rasterio.open(path, "w", **profile) as out:
-        for top, rows, changed in _sieved_strips(read, ds.height, ds.width, size, connectivity, nodata_ids(ds.nodata)):
-            _stop_if(cancel)
-            out.write(rows, 1, window=Window(0, top, ds.width, rows.shape[0]))
-            merged += changed
-    return path, merged
+    def __init__(self, read: Callable[[int, int], np.ndarray], height: int, width: int, sieve: int,
+                 connectivity: int, skip: set[int], cancel: threading.Event | None = None) -> None:  # fmt: skip
+        self.read, self.height, self.width = read, height, width
+        self.sieve, self.connectivity, self.skip, self.cancel = sieve, connectivity, skip, cancel
+        self.merged = 0
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        if self.sieve:
+            strips = _sieved_strips(self.read, self.height, self.width, self.sieve, self.connectivity, self.skip)
+        else:
+            windows = _strips(self.width, self.height)
+            strips = ((w.row_off, self.read(w.row_off, w.row_off + w.height), 0) for w in windows)
+        for top, rows, changed in strips:
+            _stop_if(self.cancel)
+            self.merged += changed
+            yield top, rows
 
 
 def _stop_if(cancel: threading.Event | None) -> None:
@@ -223,13 +222,13 @@ def _stop_if(cancel: threading.Event | None) -> None:
         raise Cancelled("polygons stopped: the run is being interrupted")
 
 
-def _polygonize(features: Iterator[tuple[dict, float]], skip: set[int], threshold: float, simplify: float,
+def _polygonize(regions: Iterator[tuple[np.ndarray, np.ndarray]], threshold: float, simplify: float,
                 connectivity: int, cancel: threading.Event | None = None) -> _Found:  # fmt: skip
-    """GDAL's polygons, nodata skipped, small ones dropped, repaired and coverage-simplified."""
+    """The regions' polygons, small ones dropped, repaired and coverage-simplified."""
     chunks: list[np.ndarray] = []
     chunk_ids: list[np.ndarray] = []
     dropped = 0
-    for batch, values in _batches(features, skip):
+    for batch, values in regions:
         _stop_if(cancel)
         keep = shapely.area(batch) >= threshold
         dropped += int(np.count_nonzero(~keep))
@@ -258,7 +257,6 @@ def class_areas(class_map: str | Path, classes: Sequence[ClassSpec] | None = Non
     class_map = Path(class_map)
     with open_raster(class_map) as ds:
         check_class_map(ds, class_map)
-    verify_readable(class_map)  # GDAL's polygonize skips unreadable tiles silently: an empty layer, exit 0
     with open_raster(class_map) as ds:
         names = class_names(ds, classes)
         skip = nodata_ids(ds.nodata)
@@ -366,42 +364,6 @@ def _check_options(connectivity: int, min_area: float, min_pixels: int, simplify
 def _area_threshold(min_area: float, min_pixels: int, pixel_area: float) -> float:
     # Pixel areas are exact multiples of pixel_area; a hair of slack keeps "≥ N px" exact in floating point.
     return max(min_area, min_pixels * pixel_area) * (1 - 1e-9)
-
-
-def _batches(features: Iterator[tuple[dict, float]], skip: set[int], size: int = 50_000,
-             max_points: int = 1 << 20) -> Iterator[tuple]:  # fmt: skip
-    """GDAL's GeoJSON-like polygons as shapely arrays, nodata polygons skipped, in batches of ``size`` polygons
-    or ``max_points`` vertices, whichever comes first.
-
-    Builds the polygons from one coordinate array per batch (5x faster than ``shapely.geometry.shape``
-    one by one). The vertex cap bounds the batch's Python floats (about 100 bytes a vertex): a speckled map's
-    background polygon alone can have millions of vertices.
-    """
-    points: list = []
-    ring_sizes: list[int] = []
-    ring_owner: list[int] = []
-    values: list[int] = []
-    for geojson, value in features:
-        value = int(value)
-        if value in skip:
-            continue
-        for ring in geojson["coordinates"]:
-            points.extend(ring)
-            ring_sizes.append(len(ring))
-            ring_owner.append(len(values))
-        values.append(value)
-        if len(values) >= size or len(points) >= max_points:
-            yield _polygons(points, ring_sizes, ring_owner), np.asarray(values, dtype=np.int64)
-            points, ring_sizes, ring_owner, values = [], [], [], []
-    if values:
-        yield _polygons(points, ring_sizes, ring_owner), np.asarray(values, dtype=np.int64)
-
-
-def _polygons(points: list, ring_sizes: list[int], ring_owner: list[int]) -> np.ndarray:
-    """Polygons from flat coordinates: per polygon, its first ring is the shell and the others are holes."""
-    coords = np.asarray(points, dtype=np.float64)
-    rings = shapely.linearrings(coords, indices=np.repeat(np.arange(len(ring_sizes)), ring_sizes))
-    return shapely.polygons(rings, indices=np.asarray(ring_owner))
 
 
 def _strips(width: int, height: int) -> Iterator[Window]:

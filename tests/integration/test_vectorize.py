@@ -308,10 +308,10 @@ def test_empty_class_map_writes_an_empty_layer(tmp_path: Path) -> None:
 def test_batches_of_polygons_join_up(spacenet_map: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import functools
 
-    import geoseg.polygons as polygons
+    import geoseg.polygon_strips as polygon_strips
 
     whole = read_polygons(vectorize_class_map(spacenet_map, tmp_path / "whole.gpkg", min_pixels=40).path)
-    monkeypatch.setattr(polygons, "_batches", functools.partial(polygons._batches, size=4))
+    monkeypatch.setattr(polygon_strips, "feature_batches", functools.partial(polygon_strips.feature_batches, size=4))
     batched = vectorize_class_map(spacenet_map, tmp_path / "batched.gpkg", min_pixels=40)
     assert batched.counts[1] == 43 and canonical(read_polygons(batched.path)) == canonical(whole)
 
@@ -394,13 +394,13 @@ def test_a_cancelled_vectorize_writes_nothing(tmp_path: Path) -> None:
 
 def test_batches_capped_by_vertices_give_the_same_polygons(spacenet_map: Path) -> None:
     """A speckled map's background polygon can hold millions of vertices: batches close at a vertex cap too."""
-    from geoseg.polygons import _batches
+    from geoseg.polygon_strips import feature_batches
 
     with rasterio.open(spacenet_map) as ds:
         classes = ds.read(1)
 
     def polygons(**caps: int) -> tuple[list[np.ndarray], np.ndarray]:
-        batches = list(_batches(rasterio.features.shapes(classes, connectivity=4), {255}, **caps))
+        batches = list(feature_batches(rasterio.features.shapes(classes, connectivity=4), {255}, **caps))
         return batches, np.concatenate([b for b, _ in batches])
 
     whole, expected = polygons()
@@ -408,3 +408,36 @@ def test_batches_capped_by_vertices_give_the_same_polygons(spacenet_map: Path) -
     assert len(whole) == 1 and len(capped) >= 5
     assert np.array_equal(np.concatenate([v for _, v in capped]), np.concatenate([v for _, v in whole]))
     assert all(shapely.equals_exact(a, b) for a, b in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_strips_of_rows_give_the_polygons_of_the_whole_map(
+    spacenet_map: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, connectivity: int
+) -> None:
+    """Large maps are polygonized in strips of rows (memory bounded by a strip); the regions that cross a strip
+    edge are joined, so the polygons are those of the whole map: here strips of 7 rows, where every building
+    crosses one."""
+    import geoseg.polygons as polygons
+
+    whole = vectorize_class_map(spacenet_map, tmp_path / "whole.gpkg", sieve=0, connectivity=connectivity)
+    with rasterio.open(spacenet_map) as ds:
+        monkeypatch.setattr(polygons, "_STRIP_PIXELS", 7 * ds.width)
+    strips = vectorize_class_map(spacenet_map, tmp_path / "strips.gpkg", sieve=0, connectivity=connectivity)
+    assert strips.counts == whole.counts and whole.counts[1] > 40
+
+    def regions(path: Path) -> list[tuple[int, bytes]]:
+        frame = read_polygons(path)
+        shapes = shapely.normalize(shapely.simplify(shapely.make_valid(frame.geometry.values), 0))
+        return sorted(zip(frame.class_id.tolist(), shapely.to_wkb(shapes), strict=True))
+
+    assert regions(strips.path) == regions(whole.path)
+
+
+def test_a_truncated_class_map_fails_with_its_name_and_writes_nothing(spacenet_map: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "truncated.tif"
+    broken.write_bytes(spacenet_map.read_bytes()[: spacenet_map.stat().st_size * 2 // 3])
+    out = tmp_path / "polygons.gpkg"
+    with pytest.raises(GeoSegError, match="truncated") as failure:
+        vectorize_class_map(broken, out)
+    assert str(broken) in str(failure.value) and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["truncated.tif"]
