@@ -31,7 +31,7 @@ import os
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,15 +125,25 @@ def vectorize_class_map(
 
         strips = _ClassStrips(read, ds.height, ds.width, sieve, connectivity, skip, cancel)
         regions = region_polygons(strips, ds.height, ds.transform, connectivity, skip)
-        found = _polygonize(regions, threshold, simplify, connectivity, cancel)
-        merged = strips.merged
+        kept = _Kept(regions, threshold, connectivity, cancel)
+        batches = _simplified(kept, simplify) if simplify > 0 else kept
+        counts: Counter[int] = Counter()
 
-    _stop_if(cancel)
-    _write(out, driver, polygon_frame(found.polygons, found.ids, names, crs))
-    counts = dict(sorted(Counter(found.ids).items()))
-    return VectorizeResult(
-        out, len(found.ids), counts, found.dropped, merged_pixels=merged, simplified=found.simplified
-    )
+        def frames() -> Iterator[gpd.GeoDataFrame]:
+            """A frame per batch as the strips come in (none held back), or one empty frame."""
+            empty = True
+            for polygons, ids in batches:
+                _stop_if(cancel)
+                counts.update(ids.tolist())
+                empty = False
+                yield polygon_frame(polygons, ids.tolist(), names, crs)
+            if empty:
+                yield polygon_frame(np.empty(0, dtype=object), [], names, crs)
+
+        _write(out, driver, frames(), multi=connectivity == 8)
+
+    return VectorizeResult(out, sum(counts.values()), dict(sorted(counts.items())), kept.dropped,
+                           merged_pixels=strips.merged, simplified=simplify > 0 and _can_simplify())  # fmt: skip
 
 
 def class_map_polygons(
@@ -159,16 +169,11 @@ def class_map_polygons(
     skip = nodata_ids(nodata)
     strips = _ClassStrips(lambda top, bottom: class_map[top:bottom], height, width, sieve, connectivity, skip)
     regions = region_polygons(strips, height, transform, connectivity, skip)
-    found = _polygonize(regions, threshold, simplify, connectivity)
-    return polygon_frame(found.polygons, found.ids, names, crs)
-
-
-@dataclass(frozen=True)
-class _Found:
-    polygons: np.ndarray  # shapely polygons, valid
-    ids: list[int]  # their class ids
-    dropped: int
-    simplified: bool
+    kept = _Kept(regions, threshold, connectivity)
+    batches = list(_simplified(kept, simplify) if simplify > 0 else kept)
+    polygons = np.concatenate([b for b, _ in batches]) if batches else np.empty(0, dtype=object)
+    ids = np.concatenate([v for _, v in batches]).tolist() if batches else []
+    return polygon_frame(polygons, ids, names, crs)
 
 
 def _sieved_strips(
@@ -222,29 +227,36 @@ def _stop_if(cancel: threading.Event | None) -> None:
         raise Cancelled("polygons stopped: the run is being interrupted")
 
 
-def _polygonize(regions: Iterator[tuple[np.ndarray, np.ndarray]], threshold: float, simplify: float,
-                connectivity: int, cancel: threading.Event | None = None) -> _Found:  # fmt: skip
-    """The regions' polygons, small ones dropped, repaired and coverage-simplified."""
-    chunks: list[np.ndarray] = []
-    chunk_ids: list[np.ndarray] = []
-    dropped = 0
-    for batch, values in regions:
-        _stop_if(cancel)
-        keep = shapely.area(batch) >= threshold
-        dropped += int(np.count_nonzero(~keep))
-        chunks.append(_valid(batch[keep], pixel_regions=connectivity == 4))  # a batch at a time: its rings are copied
-        chunk_ids.append(values[keep])
-    polygons = np.concatenate(chunks) if chunks else np.empty(0, dtype=object)
-    ids = [int(i) for i in np.concatenate(chunk_ids)] if chunk_ids else []
-    simplified = False
-    _stop_if(cancel)
-    if simplify > 0 and len(polygons):
-        polygons, simplified = _coverage_simplify(polygons, simplify)
-        polygons = _valid(polygons)
-    keep = ~shapely.is_empty(polygons) if len(polygons) else np.empty(0, dtype=bool)
-    if not keep.all():  # a repair that left nothing polygonal (never seen from GDAL's pixel outlines)
-        polygons, ids = polygons[keep], [i for i, k in zip(ids, keep, strict=True) if k]
-    return _Found(polygons, ids, dropped, simplified)
+class _Kept:
+    """The regions' polygons that stay, a batch at a time: those under the area threshold dropped (and counted),
+    the others repaired."""
+
+    def __init__(self, regions: Iterable[tuple[np.ndarray, np.ndarray]], threshold: float, connectivity: int,
+                 cancel: threading.Event | None = None) -> None:  # fmt: skip
+        self.regions, self.threshold, self.connectivity, self.cancel = regions, threshold, connectivity, cancel
+        self.dropped = 0
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for batch, values in self.regions:
+            _stop_if(self.cancel)
+            keep = shapely.area(batch) >= self.threshold
+            self.dropped += int(np.count_nonzero(~keep))
+            polygons = _valid(batch[keep], pixel_regions=self.connectivity == 4)
+            polygonal = ~shapely.is_empty(polygons)  # a repair that left nothing (never seen from pixel outlines)
+            if polygonal.any():
+                yield polygons[polygonal], values[keep][polygonal]
+
+
+def _simplified(kept: Iterable[tuple[np.ndarray, np.ndarray]], tolerance: float) -> Iterator[tuple]:
+    """All polygons at once, coverage-simplified (so shared borders stay shared), as one batch."""
+    batches = list(kept)
+    if not batches:
+        return
+    polygons = np.concatenate([b for b, _ in batches])
+    ids = np.concatenate([v for _, v in batches])
+    polygons = _valid(_coverage_simplify(polygons, tolerance))
+    polygonal = ~shapely.is_empty(polygons)
+    yield polygons[polygonal], ids[polygonal]
 
 
 def class_areas(class_map: str | Path, classes: Sequence[ClassSpec] | None = None) -> dict:
@@ -399,16 +411,20 @@ def _valid(polygons: np.ndarray, pixel_regions: bool = False) -> np.ndarray:
     return polygons
 
 
-def _coverage_simplify(polygons: np.ndarray, tolerance: float) -> tuple[np.ndarray, bool]:
-    if not hasattr(shapely, "coverage_simplify"):
+def _can_simplify() -> bool:
+    return hasattr(shapely, "coverage_simplify")
+
+
+def _coverage_simplify(polygons: np.ndarray, tolerance: float) -> np.ndarray:
+    if not _can_simplify():
         warnings.warn(
             f"simplification skipped: it needs shapely ≥ 2.1 (coverage_simplify) to keep shared borders shared, "
             f"this is shapely {shapely.__version__}; polygons keep their exact pixel outlines",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-        return polygons, False
-    return shapely.coverage_simplify(polygons, tolerance), True
+        return polygons
+    return shapely.coverage_simplify(polygons, tolerance)
 
 
 def _linear_units(crs: rasterio.crs.CRS | None) -> str | None:
@@ -451,20 +467,30 @@ def polygon_frame(
     return gpd.GeoDataFrame(columns, geometry=list(polygons), crs=crs.to_wkt() if crs else None)
 
 
-def _write(out: Path, driver: str, frame: gpd.GeoDataFrame) -> None:
+def _write(out: Path, driver: str, frames: Iterable[gpd.GeoDataFrame], multi: bool) -> None:
+    """Write ``frames`` (at least one) as one layer, atomically. A GeoPackage takes them one by one, so no more
+    than a frame is held; the other formats are written in one go. ``multi``: a MultiPolygon layer (regions
+    joined at corners can be multipart), else a Polygon layer."""
+    import pandas as pd
+
     staged: Path | None = None
+    geometry_type = "MultiPolygon" if multi else "Polygon"
     try:
         with atomic_path(out) as tmp:
             # The drivers create the file themselves (and GPKG wants its own extension): write beside the
             # temporary name, then move onto it; atomic_path renames it to ``out`` once complete.
             staged = tmp.with_name(tmp.name + out.suffix)
-            if driver == "Parquet":
-                frame.to_parquet(staged)
+            if driver == "GPKG":
+                for n, frame in enumerate(frames):
+                    frame.to_file(staged, driver=driver, engine="pyogrio", layer=LAYER_NAME, append=n > 0,
+                                  geometry_type=geometry_type, promote_to_multi=multi)  # fmt: skip
             else:
-                extra = {"layer": LAYER_NAME} if driver == "GPKG" else {}
-                if not len(frame):
-                    extra["geometry_type"] = "Polygon"
-                frame.to_file(staged, driver=driver, engine="pyogrio", **extra)
+                frame = pd.concat(list(frames), ignore_index=True)
+                if driver == "Parquet":
+                    frame.to_parquet(staged)
+                else:
+                    extra = {"geometry_type": geometry_type} if not len(frame) else {}
+                    frame.to_file(staged, driver=driver, engine="pyogrio", **extra)
             os.replace(staged, tmp)
     except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

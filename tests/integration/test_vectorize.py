@@ -12,6 +12,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pyogrio
 import pytest
 import rasterio
 import shapely
@@ -414,9 +415,9 @@ def test_batches_capped_by_vertices_give_the_same_polygons(spacenet_map: Path) -
 def test_strips_of_rows_give_the_polygons_of_the_whole_map(
     spacenet_map: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, connectivity: int
 ) -> None:
-    """Large maps are polygonized in strips of rows (memory bounded by a strip); the regions that cross a strip
-    edge are joined, so the polygons are those of the whole map: here strips of 7 rows, where every building
-    crosses one."""
+    """Large maps are polygonized in strips of rows and written to the GeoPackage strip by strip (memory bounded
+    by a strip); the regions that cross a strip edge are joined, so the polygons are those of the whole map: here
+    strips of 7 rows, where every building crosses one."""
     import geoseg.polygons as polygons
 
     whole = vectorize_class_map(spacenet_map, tmp_path / "whole.gpkg", sieve=0, connectivity=connectivity)
@@ -431,6 +432,8 @@ def test_strips_of_rows_give_the_polygons_of_the_whole_map(
         return sorted(zip(frame.class_id.tolist(), shapely.to_wkb(shapes), strict=True))
 
     assert regions(strips.path) == regions(whole.path)
+    layer_type = "Polygon" if connectivity == 4 else "MultiPolygon"  # corners join parts with 8-connectivity
+    assert pyogrio.read_info(strips.path, layer=LAYER_NAME)["geometry_type"] == layer_type
 
 
 def test_a_truncated_class_map_fails_with_its_name_and_writes_nothing(spacenet_map: Path, tmp_path: Path) -> None:
