@@ -378,6 +378,14 @@ def batch(
         int | None,
         typer.Option(min=1, help="Worker processes of the local cluster (one core each). Default: the cores, ≤ 8."),
     ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="all or N: a local cluster of one worker per GPU instead, each seeing only its own GPU "
+            "(CUDA_VISIBLE_DEVICES), in the order CUDA_VISIBLE_DEVICES lists them. For several machines, "
+            "start a cluster with a GPU per worker and pass --scheduler (README).",
+        ),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -431,19 +439,23 @@ def batch(
     The survey report (survey_report.csv and .json) gives the area per class of each mosaic and in total.
     """
     from geoseg.batch.run import BatchOptions, print_summary, run_batch
+    from geoseg.device import gpu_ids
     from geoseg.errors import ConfigError
     from geoseg.infer.cluster import ClusterOptions
     from geoseg.infer.run import InferOptions, default_workers
 
     if scheduler is not None and workers is not None:
         raise ConfigError("--workers sizes the local cluster; with --scheduler the cluster's own workers run")
+    if gpus is not None and (scheduler is not None or workers is not None or device is Device.cpu):
+        given = "--scheduler" if scheduler is not None else "--workers" if workers is not None else "--device cpu"
+        raise ConfigError(f"--gpus starts a local cluster of one worker per GPU; leave out {given}")
     if resume and overwrite:
         raise ConfigError("--resume keeps finished mosaics and --overwrite redoes them; choose one")
     infer_options = InferOptions(tile=tile, overlap=overlap, block_size=block_size, batch_size=batch_size,
                                  device=device.value, precision=precision, confidence=confidence,
                                  remedy=remedy.value, tta=tta)  # fmt: skip
     cluster = ClusterOptions(scheduler=scheduler, workers=workers or default_workers(), tls_ca_file=tls_ca_file,
-                             tls_cert=tls_cert, tls_key=tls_key)  # fmt: skip
+                             tls_cert=tls_cert, tls_key=tls_key, gpus=gpu_ids(gpus) if gpus else ())  # fmt: skip
     options = BatchOptions(infer=infer_options, cluster=cluster, polygons=not no_polygons, sieve=sieve,
                            min_area=min_area, simplify=simplify, merge_polygons=merge_polygons, resume=resume,
                            overwrite=overwrite)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 
@@ -33,6 +34,37 @@ def cuda_available() -> bool:
             return False
         return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
     return torch.cuda.is_available()
+
+
+def gpu_ids(requested: str) -> tuple[str, ...]:
+    """The GPUs ``--gpus all|N`` names: all this process may use, or the first N, in ``CUDA_VISIBLE_DEVICES``'s
+    order (its entries as given, so a worker pinned to one sees the same card the user meant)."""
+    count = requested.strip()
+    if count != "all" and not (count.isdigit() and int(count) > 0):
+        raise DeviceError(f"--gpus takes 'all' or a number of GPUs (1, 2, …), got {requested!r}")
+    visible = visible_gpus()
+    if not visible:
+        raise DeviceError("--gpus asks for GPUs but this machine shows no CUDA GPU; leave --gpus out to use the CPU "
+                          "cores, or run where `nvidia-smi` lists GPUs")  # fmt: skip
+    wanted = len(visible) if count == "all" else int(count)
+    if wanted > len(visible):
+        raise DeviceError(f"--gpus {wanted}: this machine shows {len(visible)} GPU(s) ({', '.join(visible)})")
+    return tuple(visible[:wanted])
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA GPUs this process may use: ``CUDA_VISIBLE_DEVICES``'s entries (indices or UUIDs) where it is set,
+    else 0 … count − 1. Counted by torch, or without torch by the NVIDIA driver's /proc entries."""
+    try:
+        import torch
+
+        count = torch.cuda.device_count()
+    except ImportError:
+        driver = Path("/proc/driver/nvidia/gpus")
+        count = len(list(driver.iterdir())) if driver.is_dir() else 0
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [s.strip() for s in listed.split(",") if s.strip()] if listed is not None else [str(i) for i in range(count)]
+    return ids[:count]
 
 
 def cuda_bf16() -> bool:

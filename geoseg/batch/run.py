@@ -125,6 +125,8 @@ def run_batch(
         with dask_client(options.cluster) as client:
             link = dashboard_link(client)
             where = options.cluster.scheduler or f"a local cluster of {worker_count(client)} workers"
+            if options.cluster.gpus:
+                where += f", one per GPU ({', '.join(options.cluster.gpus)})"
             reporter.message(f"running on {where}; dashboard: {link or 'none (pip install bokeh for one)'}")
             batch.run(client, todo)
     ids = [names[path] for path in mosaics]

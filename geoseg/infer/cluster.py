@@ -31,6 +31,7 @@ def check_scheduler(value: str, known: tuple[str, ...] = (), files: bool = False
 class ClusterOptions:
     scheduler: str | None = None  # address (tcp://host:8786, tls://…) or a scheduler file; None: LocalCluster
     workers: int = 2  # LocalCluster only: worker processes, one thread each
+    gpus: tuple[str, ...] = ()  # a local cluster of one worker per GPU instead, each pinned to its GPU
     tls_ca_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -82,6 +83,10 @@ def dask_client(
     from distributed import Client, LocalCluster
 
     quiet_dask_interrupt_noise()
+    if options.scheduler is None and options.gpus:
+        with gpu_cluster(options.gpus, dashboard) as cluster, Client(cluster) as client:
+            yield client
+        return
     if options.scheduler is None:
         cluster = LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
                                dashboard_address=":0" if dashboard else None)  # fmt: skip
@@ -103,6 +108,20 @@ def dask_client(
         ) from None
     with client:
         yield client
+
+
+def gpu_cluster(gpus: tuple[str, ...], dashboard: bool = True):
+    """A cluster on this machine with one worker process per GPU, each seeing only its own
+    (``CUDA_VISIBLE_DEVICES``), as dask-cuda's LocalCUDACluster does; one thread and an equal share of the
+    machine's memory each."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    worker = {"nthreads": 1, "host": "127.0.0.1", "memory_limit": 1 / len(gpus), "silence_logs": logging.ERROR}
+    workers = {f"gpu-{gpu}": {"cls": Nanny, "options": {**worker, "env": {"CUDA_VISIBLE_DEVICES": gpu}}}
+               for gpu in gpus}  # fmt: skip
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": dashboard,
+                                               "dashboard_address": ":0"}}  # fmt: skip
+    return SpecCluster(workers=workers, scheduler=scheduler, name="geoseg-gpus", silence_logs=logging.ERROR)
 
 
 def dashboard_link(client) -> str | None:

@@ -296,3 +296,50 @@ def test_ctrl_c_while_polygons_are_made_stops_at_once_and_resume_makes_them(tmp_
     assert again.returncode == 0, again.stderr
     assert manifest(out)["noise"]["status"] == "done"
     assert pyogrio.read_info(out / "noise_polygons.gpkg")["features"] > 1000
+
+
+def test_a_cluster_of_one_worker_per_gpu_pins_each_and_matches_infer(
+    mosaics: list[Path], bundle: Path, expected: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """`geoseg batch --gpus` starts one worker per GPU, each seeing only its own through CUDA_VISIBLE_DEVICES.
+    Here the cluster is built for two GPU ids on the CPU (the variable is then harmless), so the pinning and
+    the batch through that cluster are checked without a GPU."""
+    from distributed import Client
+
+    from geoseg.batch.run import BatchOptions, run_batch
+    from geoseg.infer.cluster import ClusterOptions, gpu_cluster
+
+    with gpu_cluster(("3", "GPU-5d2c"), dashboard=False) as cluster, Client(cluster) as client:
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        threads = [w["nthreads"] for w in client.scheduler_info()["workers"].values()]
+    assert sorted(seen.values()) == ["3", "GPU-5d2c"] and threads == [1, 1]
+
+    options = BatchOptions(infer=InferOptions(device="cpu", block_size=int(BLOCK)),
+                           cluster=ClusterOptions(gpus=("0", "1")))  # fmt: skip
+    summary = run_batch(mosaics, bundle, tmp_path / "out", options, QUIET)
+    assert summary.exit_code == 0 and len(summary.done) == len(mosaics)
+    assert_outputs_match(tmp_path / "out", expected)
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (("--gpus", "all", "--scheduler", "tcp://127.0.0.1:1"), "leave out --scheduler"),
+        (("--gpus", "2", "--workers", "2"), "leave out --workers"),
+        (("--gpus", "two"), "'all' or a number"),
+    ],
+)
+def test_gpus_with_conflicting_or_bad_options_is_one_line(
+    mosaics: list[Path], bundle: Path, tmp_path: Path, extra: tuple[str, ...], says: str
+) -> None:
+    done = run_batch_cli(tmp_path / "out", bundle, mosaics[2], extra=extra)
+    assert done.returncode == 2 and says in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_gpus_without_a_gpu_is_one_line(mosaics: list[Path], bundle: Path, tmp_path: Path) -> None:
+    done = run_batch_cli(tmp_path / "out", bundle, mosaics[2], extra=("--gpus", "all"))
+    assert done.returncode == 2 and "no CUDA GPU" in done.stderr and "--gpus" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
