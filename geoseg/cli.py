@@ -803,18 +803,38 @@ def main() -> None:
                    err=True)  # fmt: skip
         sys.exit(2)
     except Exception as exc:
-        if not isinstance(exc, _click_exceptions()):
-            raise
-        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `geoseg`: the help, as click does
-            exc.show()
-        else:  # a missing or invalid option is bad input too: one line
-            ctx = getattr(exc, "ctx", None)
-            hint = f"; see `{ctx.command_path if ctx is not None else 'geoseg'} --help`"
-            typer.echo(f"geoseg: error: {' '.join(exc.format_message().split()).rstrip('.')}{hint}", err=True)
-        sys.exit(exc.exit_code)  # 2 for usage errors
+        if not raised_while_interrupted(exc):
+            _usage_error_or_raise(exc)
+        code = INTERRUPTED
     if code == INTERRUPTED:
         typer.echo("geoseg: interrupted; outputs not completed were not written", err=True)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def raised_while_interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` came from clean-up on the way out of Ctrl-C or SIGTERM: a KeyboardInterrupt is in its
+    context chain. A library's own exit code can fail when the interrupt lands inside it (rasterio's GDAL
+    environment stack, seen under load); the run was still interrupted, and the outputs' clean-up still ran."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__
+    return False
+
+
+def _usage_error_or_raise(exc: Exception) -> None:
+    """A missing or invalid option is bad input: one line and click's exit code (2). Anything else is a bug."""
+    if not isinstance(exc, _click_exceptions()):
+        raise exc
+    if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `geoseg`: the help, as click does
+        exc.show()
+    else:
+        ctx = getattr(exc, "ctx", None)
+        hint = f"; see `{ctx.command_path if ctx is not None else 'geoseg'} --help`"
+        typer.echo(f"geoseg: error: {' '.join(exc.format_message().split()).rstrip('.')}{hint}", err=True)
+    sys.exit(exc.exit_code)  # 2 for usage errors
 
 
 def _click_exceptions() -> tuple[type[Exception], ...]:
