@@ -50,7 +50,7 @@ from shapely.geometry.base import BaseGeometry
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import Cancelled, ConfigError, InputError, OutputError
 from geoseg.io.classmap import class_names
-from geoseg.io.raster import GridSpec, atomic_path, ensure_writable, first_line, open_raster
+from geoseg.io.raster import GridSpec, atomic_path, corrupted, ensure_writable, open_raster, verify_readable
 from geoseg.io.vector import inside_window
 from geoseg.polygon_strips import region_polygons
 
@@ -120,8 +120,7 @@ def vectorize_class_map(
             try:
                 return ds.read(1, window=Window(0, top, ds.width, bottom - top))
             except rasterio.errors.RasterioIOError as exc:
-                raise InputError(f"is corrupted or truncated ({first_line(exc)}); re-export or re-copy it",
-                                 class_map) from None  # fmt: skip
+                raise corrupted(class_map, exc) from None
 
         strips = _ClassStrips(read, ds.height, ds.width, sieve, connectivity, skip, cancel)
         regions = region_polygons(strips, ds.height, ds.transform, connectivity, skip)
@@ -269,6 +268,7 @@ def class_areas(class_map: str | Path, classes: Sequence[ClassSpec] | None = Non
     class_map = Path(class_map)
     with open_raster(class_map) as ds:
         check_class_map(ds, class_map)
+    verify_readable(class_map)  # a damaged tile would otherwise stop the count half-way, in a traceback
     with open_raster(class_map) as ds:
         names = class_names(ds, classes)
         skip = nodata_ids(ds.nodata)

@@ -131,7 +131,12 @@ def verify_readable(path: str | Path) -> None:
             for _, window in ds.block_windows(1):
                 ds.read(1, window=window)
         except RasterioIOError as exc:
-            raise InputError(f"is corrupted or truncated ({first_line(exc)}); re-export or re-copy it", path) from None
+            raise corrupted(path, exc) from None
+
+
+def corrupted(path: str | Path, exc: RasterioIOError) -> InputError:
+    """The one-line error for a raster whose blocks cannot be read."""
+    return InputError(f"is corrupted or truncated ({first_line(exc)}); re-export or re-copy it", path)
 
 
 def read_window(ds: rasterio.DatasetReader, bands: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:

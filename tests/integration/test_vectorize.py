@@ -436,11 +436,16 @@ def test_strips_of_rows_give_the_polygons_of_the_whole_map(
     assert pyogrio.read_info(strips.path, layer=LAYER_NAME)["geometry_type"] == layer_type
 
 
-def test_a_truncated_class_map_fails_with_its_name_and_writes_nothing(spacenet_map: Path, tmp_path: Path) -> None:
+def test_a_truncated_class_map_fails_with_its_name_and_writes_nothing(tmp_path: Path) -> None:
+    """Cut in its tile data (untagged, so the header stays at the front and the file still opens)."""
+    whole = write_map(tmp_path / "whole.tif", np.where(spacenet_mask() == 255, 1, 0).astype(np.uint8), tag=False)
     broken = tmp_path / "truncated.tif"
-    broken.write_bytes(spacenet_map.read_bytes()[: spacenet_map.stat().st_size * 2 // 3])
+    broken.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    whole.unlink()
     out = tmp_path / "polygons.gpkg"
     with pytest.raises(GeoSegError, match="truncated") as failure:
         vectorize_class_map(broken, out)
     assert str(broken) in str(failure.value) and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["truncated.tif"]
+    with pytest.raises(GeoSegError, match="truncated"):
+        class_areas(broken)
