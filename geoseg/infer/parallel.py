@@ -2,20 +2,24 @@
 that ``geoseg.segment`` calls too (``block.segment_block``), reading from the file.
 
 Each worker process loads the model once (``block.cached_bundle``); the caller is the only writer.
-Blocks are submitted in waves of a few per worker, so memory is bounded by block size, not by mosaic
-size. On the CPU every forward pass runs with one intra-op thread (see ``block.py``); parallelism
-comes from running blocks side by side instead.
+About two blocks per worker are in flight at any time, and a finished block is handed to the caller as
+soon as it arrives while the next one starts, so memory is bounded by block size, not by mosaic size,
+and no worker waits for a slower one. On the CPU every forward pass runs with one intra-op thread (see
+``block.py``); parallelism comes from running blocks side by side instead.
+
+The local schedulers (threads, processes) run on a ``concurrent.futures`` pool; a Dask cluster (``local``
+or an address) runs the same tasks through ``distributed``'s futures. Dask's local ``compute`` would
+return a batch of blocks only when all of them finish, leaving workers idle at every batch's end.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from itertools import batched, islice
+from itertools import islice
 
-import dask
 import numpy as np
 import rasterio
 from rasterio import features
@@ -88,7 +92,7 @@ def run_blocks(
     workers: int,
     on_done: Callable[[Contribution], None],
 ) -> None:
-    """Run ``jobs`` on ``scheduler`` (sync, threads, processes or a distributed address) in waves."""
+    """Run ``jobs`` on ``scheduler`` (sync, threads, processes, local or a distributed address)."""
     if scheduler in SCHEDULERS:
         _run_local(jobs, scheduler, workers, on_done)
     else:
@@ -96,20 +100,30 @@ def run_blocks(
 
 
 def _run_local(jobs: list[BlockJob], scheduler: str, workers: int, on_done) -> None:
-    """Dask's local schedulers, with one pool for the whole run so each process loads the model once."""
+    """One pool for the whole run, so each process loads the model once."""
     if scheduler == "sync":
         for job in jobs:
-            on_done(dask.compute(dask.delayed(run_block)(job), scheduler="synchronous")[0])
+            on_done(run_block(job))
         return
     if scheduler == "threads":
-        pool = ThreadPoolExecutor(workers)
+        pool: Executor = ThreadPoolExecutor(workers)
     else:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    with pool:
-        for wave in batched(jobs, 2 * workers):
-            tasks = [dask.delayed(run_block)(job) for job in wave]
-            for contribution in dask.compute(*tasks, scheduler=scheduler, pool=pool):
-                on_done(contribution)
+    try:
+        _pool_bounded(pool, jobs, workers, on_done)
+    finally:  # on an error or Ctrl-C, blocks not yet started are dropped instead of run to no end
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pool_bounded(pool: Executor, jobs: list[BlockJob], workers: int, on_done) -> None:
+    """Keep about two blocks per worker in flight; each result goes to ``on_done`` as it arrives."""
+    pending = iter(jobs)
+    in_flight = {pool.submit(run_block, job) for job in islice(pending, 2 * workers)}
+    while in_flight:
+        finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+        for future in finished:
+            in_flight.update(pool.submit(run_block, job) for job in islice(pending, 1))
+            on_done(future.result())
 
 
 def _run_distributed(jobs: list[BlockJob], address: str, workers: int, on_done) -> None:
