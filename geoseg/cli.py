@@ -202,8 +202,7 @@ def infer(
     precision: Annotated[
         str,
         typer.Option(
-            help="auto: bf16 on GPUs (fp16 where bf16 is missing) and on CPUs "
-            "with bf16 units, else fp32. Or fp32, bf16, fp16."
+            help="auto: bf16 on GPUs (fp16 where bf16 is missing) and on CPUs with AMX, else fp32. Or fp32, bf16, fp16."
         ),
     ] = "auto",
     aoi: Annotated[

@@ -75,18 +75,9 @@ def cuda_bf16() -> bool:
 
 
 @cache
-def cpu_has_bf16() -> bool:
-    """CPUs with native bf16 units (AVX512-BF16 or AMX) run autocast bf16 several times faster."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-@cache
 def cpu_has_amx() -> bool:
-    """Intel AMX tile units: the only CPUs where bf16 training beats fp32 (bench/RESULTS.md)."""
+    """Intel AMX tile units: the only CPUs where bf16 beats fp32, in training and in inference alike
+    (bench/RESULTS.md); AVX512-BF16 alone is slower than fp32 with channels-last."""
     try:
         return "amx_bf16" in Path("/proc/cpuinfo").read_text()
     except OSError:
