@@ -161,7 +161,13 @@ class Normalization:
         Training (between ``scaled`` and ``standardize`` it augments) and inference prepare a window
         this way alike, so nodata reaches the network as the same neutral value in both.
         """
-        return self.standardize(self.scaled(raw, valid))
+        scaled = self.scaled(raw, valid)
+        if scaled.dtype != np.float32:
+            return self.standardize(scaled)
+        _, _, mean, std = self.columns()
+        scaled -= mean  # standardize's arithmetic, in place: a third of its time, the same bits
+        scaled /= std
+        return scaled
 
     def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(lo, span, mean, std), each float32 of shape (bands, 1, 1): what broadcasts over a (bands, h, w)
@@ -175,7 +181,11 @@ class Normalization:
     def scaled(self, raw: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Raw values → 0..1; pixels not ``valid`` take each band's mean, which standardizes to 0."""
         lo, span, mean, _ = self.columns()
-        scaled = np.clip((raw.astype(np.float32) - lo) / span, 0.0, 1.0)
+        # a fresh float32 array of the result's shape, so the arithmetic below can run in place
+        scaled = np.broadcast_to(raw, np.broadcast_shapes(raw.shape, lo.shape)).astype(np.float32)
+        scaled -= lo
+        scaled /= span
+        np.clip(scaled, 0.0, 1.0, out=scaled)
         if valid is not None and not valid.all():
             scaled = np.where(valid[None], scaled, mean)
         return scaled
