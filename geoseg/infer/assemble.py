@@ -18,7 +18,7 @@ import bisect
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 from rasterio.windows import Window
@@ -31,6 +31,13 @@ from geoseg.io.tiling import grid_offsets
 from geoseg.model.forward import Network
 
 FIXED_POINT = np.float32(2.0**24)
+
+
+@cache
+def fixed_point_weights(tile: int) -> np.ndarray:
+    """The blend weights times 2**24: ``rint(p * this)`` equals ``rint((p * blend) * 2**24)`` bit for bit,
+    since scaling by a power of two is exact in float32 (a product too small for that rounds to 0 either way)."""
+    return blend_weights(tile) * FIXED_POINT
 
 
 def accumulator_dtype(tile: int, overlap: int) -> np.dtype:
@@ -79,15 +86,30 @@ def finish_block(
     sums = np.zeros((len(spec.class_ids), int(block.height), int(block.width)), dtype=dtype)
     for row, col, piece in pieces:
         sums[:, row : row + piece.shape[1], col : col + piece.shape[2]] += piece
-    best = sums.argmax(axis=0)
+    best, chosen = first_maximum(sums)
     classes = np.asarray(spec.class_ids, dtype=np.uint8)[best]
     classes[~valid] = IGNORE_INDEX
     probability = None
     if confidence:  # softmax sums to 1, so the class sums add up to the blend weights' sum
-        chosen = np.take_along_axis(sums, best[None], axis=0)[0].astype(np.float64)
-        probability = (chosen / np.maximum(sums.sum(axis=0, dtype=np.int64), 1)).astype(np.float32)
+        total = np.maximum(sums.sum(axis=0, dtype=np.int64), 1)
+        probability = (chosen.astype(np.float64) / total).astype(np.float32)
         probability[~valid] = 0.0
     return BlockResult(classes, probability)
+
+
+def first_maximum(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(argmax, max)`` over axis 0 of (classes, h, w), ties to the first class, as ``sums.argmax(axis=0)``.
+
+    One pass per class over contiguous planes: numpy's argmax along the first axis walks the class
+    axis pixel by pixel, which made it the largest single cost of finishing a block.
+    """
+    best = np.zeros(sums.shape[1:], dtype=np.uint8 if len(sums) <= 256 else np.intp)
+    top = sums[0].copy()
+    for k in range(1, len(sums)):
+        better = sums[k] > top
+        best[better] = k
+        np.maximum(top, sums[k], out=top)
+    return best, top
 
 
 def aligned_block_size(block_size: int, tile: int, overlap: int) -> int:
@@ -172,14 +194,11 @@ def block_contribution(
     a_row, a_col = int(area.row_off), int(area.col_off)
     dtype = accumulator_dtype(tile, spec.overlap)
     sums = np.zeros((n, int(area.height), int(area.width)), dtype=dtype)
-    blend = blend_weights(tile)
-    for chunk, probs in forward_windows(model, image, top, left, runnable, spec):
-        for (r, c), p in zip(chunk, probs, strict=True):
+    for chunk, weighted in forward_windows(model, image, top, left, runnable, spec, fixed_point_weights(tile), dtype):
+        for (r, c), contribution in zip(chunk, weighted, strict=True):
             h = min(tile, a_row + sums.shape[1] - r)
             w = min(tile, a_col + sums.shape[2] - c)
-            weighted = p[:, :h, :w].astype(np.float32, copy=False) * blend[:h, :w]
-            weighted *= FIXED_POINT
-            sums[:, r - a_row : r - a_row + h, c - a_col : c - a_col + w] += np.rint(weighted).astype(dtype)
+            sums[:, r - a_row : r - a_row + h, c - a_col : c - a_col + w] += contribution[:, :h, :w]
     core_valid = wanted[: int(core.height), : int(core.width)]
     return Contribution(core, core_valid, a_row, a_col, sums)
 

@@ -1,9 +1,10 @@
 """One block, as both faces run it: `geoseg infer` (blocks of a file) and `geoseg.segment` (chunks of an array).
 
 The caller supplies ``read(window) -> (raw, valid)``; this module supplies the rest that must be the same
-for the numbers to be the same: the process's cached model (channels-last, loaded once per bundle
-version and device) and one intra-op thread on the CPU. Convolutions sum in a different order with
-another thread count, so without it a class map would depend on the scheduler.
+for the numbers to be the same: the process's cached model (BatchNorms folded into convolutions,
+channels-last, loaded once per bundle version and device) and one intra-op thread on the CPU.
+Convolutions sum in a different order with another thread count, so without it a class map would depend
+on the scheduler.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rasterio.windows import Window
 from geoseg.infer.assemble import Contribution, block_contribution
 from geoseg.infer.engine import InferenceSpec, Reader
 from geoseg.model.bundle import Bundle, load_bundle
-from geoseg.model.forward import ArrayNetwork, Network, one_intra_op_thread
+from geoseg.model.forward import ArrayNetwork, Network, folded_batch_norms, one_intra_op_thread
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def cached_bundle(path: str, device: str, version: str = "") -> Bundle:
             if not isinstance(bundle.model, ArrayNetwork):
                 import torch
 
-                bundle.model.to(memory_format=torch.channels_last)
+                bundle.model = folded_batch_norms(bundle.model).to(memory_format=torch.channels_last)
             _MODELS[(path, device)] = (version, bundle)
         return _MODELS[(path, device)][1]
 

@@ -1,9 +1,9 @@
 """The model over the windows of a block: the inference spec, and cutting windows out of a block's image.
 
 Knows nothing of files or Dask: callers pass a ``read(window) -> (raw, valid)`` function. The network runs
-through ``model.forward.batch_probabilities`` (fixed batch shapes, so a window's probabilities do not depend
-on its batch-mates). How windows are shared out among blocks is in ``assemble.py``; a raster held in memory
-as one block is ``whole.predict_block``.
+through ``model.forward.batch_weighted`` (fixed batch shapes, so a window's probabilities do not depend
+on its batch-mates), which also weights and rounds them where the network runs. How windows are shared
+out among blocks is in ``assemble.py``; a raster held in memory as one block is ``whole.predict_block``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from rasterio.windows import Window
 
 from geoseg.data.preprocess import Normalization
 from geoseg.io.raster import clip_window
-from geoseg.model.forward import Network, batch_probabilities
+from geoseg.model.forward import Network, batch_weighted
 
 Reader = Callable[[Window], tuple[np.ndarray, np.ndarray]]
 
@@ -46,12 +46,15 @@ def forward_windows(
     left: int,
     origins: list[tuple[int, int]],
     spec: InferenceSpec,
+    weights: np.ndarray,
+    dtype: np.dtype,
 ):
-    """Softmax probabilities per window of ``image`` (its corner at ``top, left``), ``spec.batch_size`` at a time."""
+    """Per window of ``image`` (its corner at ``top, left``), ``spec.batch_size`` at a time: the softmax
+    probabilities times ``weights``, rounded to ``dtype`` integers (``model.forward.batch_weighted``)."""
     tile = spec.tile
     for chunk in batched(origins, spec.batch_size):
         windows = [image[:, r - top : r - top + tile, c - left : c - left + tile] for r, c in chunk]
-        yield chunk, batch_probabilities(model, windows, spec.batch_size, spec.precision, spec.tta)
+        yield chunk, batch_weighted(model, windows, spec.batch_size, weights, dtype, spec.precision, spec.tta)
 
 
 def slice_padded(raw: np.ndarray, valid: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rasterio.errors import RasterioIOError
@@ -21,6 +21,7 @@ from geoseg.drift.remedies import remedied_normalization, remedy_record
 from geoseg.drift.report import DriftReport
 from geoseg.errors import InputError, OutputError
 from geoseg.infer.assemble import Assembler, Contribution
+from geoseg.infer.block import cached_bundle
 from geoseg.infer.cluster import check_scheduler
 from geoseg.infer.engine import InferenceSpec
 from geoseg.infer.parallel import SCHEDULERS, BlockJob, run_blocks
@@ -186,6 +187,15 @@ class MosaicWriter:
         return self.plan.assembler.complete
 
 
+def planning_bundle(bundle_path: Path, device: str) -> Bundle:
+    """The bundle, loaded on the CPU for planning. On a CPU run it comes from the process's worker cache,
+    so the thread workers that follow use the same network instead of building it a second time."""
+    if device != "cpu":
+        return load_bundle(bundle_path, device="cpu")
+    cached = cached_bundle(str(Path(bundle_path).resolve()), "cpu", bundle_version(bundle_path))
+    return replace(cached, path=Path(bundle_path))
+
+
 def segment_mosaic(
     mosaic: Path,
     bundle_path: Path,
@@ -200,7 +210,7 @@ def segment_mosaic(
         if path is not None:
             ensure_writable(path, overwrite, instead="another --out-dir")
     check_scheduler(options.scheduler, known=(*SCHEDULERS, "local"))
-    bundle = load_bundle(bundle_path, device="cpu")
+    bundle = planning_bundle(bundle_path, device)
     plan = plan_mosaic(mosaic, bundle, options, device, confidence_path is not None)
     folder = classes_path.parent
     with removed_if_left_empty(folder):

@@ -56,6 +56,22 @@ def one_intra_op_thread() -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+def folded_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """The eval-mode network with each BatchNorm folded into the convolution before it, in place.
+
+    A BatchNorm after a convolution is an affine map per channel, so it can live in the convolution's
+    weights and bias: one pass over each activation map fewer (0.376 s against 0.412 s for a resnet18
+    U-Net's 512² window on one CPU thread, bench/RESULTS.md). Logits change by float rounding only. A
+    network torch.fx cannot trace (data-dependent Python control flow) is returned as it is.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model, inplace=True)
+    except Exception:  # any tracing failure: the network as it is, still correct
+        return model
+
+
 def intra_op_threads() -> int:
     """Threads an ``ArrayNetwork`` may use here: 1 inside ``one_intra_op_thread``, else the usable cores."""
     if getattr(_threads, "count", None):
@@ -71,28 +87,80 @@ def batch_probabilities(
     They run as one batch of always ``batch_size`` windows (zero-padded), so a window's probabilities do not
     depend on how many others share its batch.
     """
+    if isinstance(model, ArrayNetwork):
+        return model.probabilities(_array_batch(windows, batch_size), tta)[: len(windows)]
+    return _torch_outputs(model, windows, batch_size, precision, tta)[: len(windows)]
+
+
+def batch_weighted(
+    model: Network,
+    windows: Sequence[np.ndarray],
+    batch_size: int,
+    weights: np.ndarray,
+    dtype: np.dtype,
+    precision: str = "fp32",
+    tta: bool = False,
+) -> np.ndarray:
+    """``rint(probabilities × weights)`` as ``dtype`` integers (n, classes, h, w), ``weights`` float32 (h, w).
+
+    Bit for bit ``np.rint(batch_probabilities(...) * weights).astype(dtype)``: one float32 product and a
+    round half to even, in torch and numpy alike. On a torch network it is computed where the network
+    runs, so a GPU sends back each window's integers, and the CPU makes no float copy of its probabilities.
+    """
+    if isinstance(model, ArrayNetwork):
+        probabilities = batch_probabilities(model, windows, batch_size, precision, tta)
+        return np.rint(probabilities * weights).astype(dtype)
+    return _torch_outputs(model, windows, batch_size, precision, tta, (weights, np.dtype(dtype)))[: len(windows)]
+
+
+def _array_batch(windows: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
     batch = np.zeros((batch_size, *windows[0].shape), dtype=np.float32)
     for i, window in enumerate(windows):
         batch[i] = window
-    if isinstance(model, ArrayNetwork):
-        return model.probabilities(batch, tta)[: len(windows)]
-    return _torch_probabilities(model, batch, precision, tta)[: len(windows)]
+    return batch
 
 
-def _torch_probabilities(model: torch.nn.Module, batch: np.ndarray, precision: str, tta: bool) -> np.ndarray:
+def _torch_outputs(
+    model: torch.nn.Module,
+    windows: Sequence[np.ndarray],
+    batch_size: int,
+    precision: str,
+    tta: bool,
+    weighted: tuple[np.ndarray, np.dtype] | None = None,
+) -> np.ndarray:
+    """Probabilities, or with ``weighted`` (weights, integer dtype) the rounded weighted probabilities."""
     import torch
 
     from geoseg.tta import averaged_probabilities
 
     device = next(model.parameters()).device
     with torch.inference_mode():
-        x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
+        x = _torch_batch(windows, batch_size, device)
 
         def logits_of(view: torch.Tensor) -> torch.Tensor:
             with _autocast(device, precision):
                 return model(view.contiguous(memory_format=torch.channels_last))
 
-        return averaged_probabilities(logits_of, x, tta).cpu().numpy()
+        probabilities = averaged_probabilities(logits_of, x, tta)
+        if weighted is None:
+            return probabilities.cpu().numpy()
+        weights, dtype = weighted
+        integers = torch.round(probabilities * torch.from_numpy(weights).to(device)).to(getattr(torch, dtype.name))
+        return integers.contiguous().cpu().numpy()
+
+
+def _torch_batch(windows: Sequence[np.ndarray], batch_size: int, device: torch.device) -> torch.Tensor:
+    """The zero-padded batch, copied once into a channels-last tensor (pinned and sent ahead to a GPU)."""
+    import torch
+
+    on_gpu = device.type == "cuda"
+    shape = (batch_size, *windows[0].shape)
+    batch = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last, pin_memory=on_gpu)
+    host = batch.numpy()
+    for i, window in enumerate(windows):
+        host[i] = window
+    host[len(windows) :] = 0
+    return batch.to(device, non_blocking=on_gpu)
 
 
 def _autocast(device: torch.device, precision: str):
