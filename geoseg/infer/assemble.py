@@ -64,15 +64,17 @@ class Contribution:
 Piece = tuple[int, int, np.ndarray]  # (row, col) in a block, and the sums that fall there
 
 
-def piece_for(contribution: Contribution, block: Window) -> Piece | None:
-    """The part of ``contribution`` inside ``block``, copied (it may wait long after the rest is freed)."""
+def piece_for(contribution: Contribution, block: Window, copy: bool = True) -> Piece | None:
+    """The part of ``contribution`` inside ``block``: copied, since a spill into a neighbour may wait long
+    after the rest is freed, unless ``copy`` is False (the contribution's own block, finished soon)."""
     _, h, w = contribution.sums.shape
     in_block = Window(contribution.col - block.col_off, contribution.row - block.row_off, w, h)
     part = clip_window(in_block, int(block.height), int(block.width))
     if part is None:
         return None
     inner, within = part
-    return int(inner.row_off), int(inner.col_off), contribution.sums[(slice(None), *within)].copy()
+    piece = contribution.sums[(slice(None), *within)]
+    return int(inner.row_off), int(inner.col_off), piece.copy() if copy else piece
 
 
 def finish_block(
@@ -83,9 +85,12 @@ def finish_block(
     The pieces are integers, so their sum, and the class map, do not depend on the order they come in.
     """
     dtype = accumulator_dtype(spec.tile, spec.overlap)
-    sums = np.zeros((len(spec.class_ids), int(block.height), int(block.width)), dtype=dtype)
-    for row, col, piece in pieces:
-        sums[:, row : row + piece.shape[1], col : col + piece.shape[2]] += piece
+    shape = (len(spec.class_ids), int(block.height), int(block.width))
+    covering = next((i for i, (row, col, piece) in enumerate(pieces) if piece.shape == shape), None)
+    sums = np.array(pieces[covering][2], dtype=dtype) if covering is not None else np.zeros(shape, dtype=dtype)
+    for i, (row, col, piece) in enumerate(pieces):
+        if i != covering:
+            sums[:, row : row + piece.shape[1], col : col + piece.shape[2]] += piece
     best, chosen = first_maximum(sums)
     classes = np.asarray(spec.class_ids, dtype=np.uint8)[best]
     classes[~valid] = IGNORE_INDEX
@@ -268,7 +273,7 @@ class Assembler:
         self._valid[own] = contribution.valid
         touched = {own}
         for key in self.grid.overlapped(contribution.area) if contribution.area is not None else []:
-            piece = piece_for(contribution, self._index[key])
+            piece = piece_for(contribution, self._index[key], copy=key != own)
             if piece is not None:
                 self._pieces.setdefault(key, []).append(piece)
                 touched.add(key)

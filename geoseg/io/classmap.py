@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -35,8 +36,14 @@ def class_map_profile(grid: GridSpec) -> dict:
     return {
         "driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1, "dtype": "uint8",
         "crs": grid.crs, "transform": grid.transform, "nodata": IGNORE_INDEX, "tiled": True,
-        "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+        "blockxsize": 256, "blockysize": 256, "compress": "deflate", "num_threads": gdal_threads(),
     }  # fmt: skip
+
+
+def gdal_threads() -> str:
+    """Threads GDAL may use to compress tiles and compute overviews: the user's ``GDAL_NUM_THREADS``, else all
+    cores. The class map's single writer otherwise compresses every tile on one core while the blocks wait."""
+    return os.environ.get("GDAL_NUM_THREADS", "ALL_CPUS")
 
 
 @contextlib.contextmanager
@@ -85,7 +92,8 @@ def write_class_map(
 def _overviews(dst: rasterio.io.DatasetWriter, grid: GridSpec, resampling: Resampling) -> None:
     factors = [f for f in (2, 4, 8, 16, 32, 64, 128) if min(grid.width, grid.height) // f >= 64]
     if factors:
-        dst.build_overviews(factors, resampling)
+        with rasterio.Env(GDAL_NUM_THREADS=gdal_threads()):
+            dst.build_overviews(factors, resampling)
 
 
 def hex_rgba(color: str) -> tuple[int, int, int, int]:

@@ -154,7 +154,10 @@ def read_window(ds: rasterio.DatasetReader, bands: Sequence[int], window: Window
         return data, valid
     inner, (rows, cols) = part
     data[:, rows, cols] = ds.read(list(bands), window=inner)
-    inside = ds.dataset_mask(window=inner) > 0
+    if all(flags == [MaskFlags.all_valid] for flags in ds.mask_flag_enums):
+        inside = np.ones((int(inner.height), int(inner.width)), dtype=bool)  # no nodata or mask: GDAL's is all 255
+    else:
+        inside = ds.dataset_mask(window=inner) > 0
     alpha = next((i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None)
     if alpha is not None and not any(MaskFlags.alpha in flags for flags in ds.mask_flag_enums):
         # GDAL honours an alpha band only for Byte/UInt16 rasters; for other types apply it here
