@@ -7,7 +7,8 @@ cutting windows into batches, softmax, blending and fixed-point accumulation, as
 overviews, then polygons and areas. In one process, side by side:
 
 1. **I/O floor**: rasterio reads the mosaic in 1024² blocks and writes a tiled, deflate-compressed uint8
-   raster of its size with overviews (what any tool must do);
+   raster of its size with overviews (what any tool must do), on one GDAL thread as issue 13 defines it,
+   and again with GDAL's threads for compression and overviews, as geoseg's class map writer uses them;
 2. **ceiling run**: `segment_mosaic` (class map only) with the bundle's network replaced in the worker
    cache by a 1×1 convolution of the same input and output channels, `--workers W` threads, timed;
 3. **polygons**: `vectorize_class_map` on the ceiling run's class map, timed, with the default sieve
@@ -73,17 +74,19 @@ def swap_network(bundle: Path) -> None:
     held.model = PointwiseNet.make(len(held.meta.bands), len(held.meta.classes)).to(memory_format=torch.channels_last)
 
 
-def io_floor(mosaic: Path, out: Path) -> float:
+def io_floor(mosaic: Path, out: Path, threads: str = "1") -> float:
+    """Read in 1024² blocks, write tiled deflate uint8 with overviews; ``threads``: GDAL's for compression and
+    overviews ("1", as issue 13 defines the floor, or "ALL_CPUS", as geoseg's class map writer uses)."""
     import numpy as np
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.windows import Window
 
     start = time.perf_counter()
-    with rasterio.open(mosaic) as src:
+    with rasterio.Env(GDAL_NUM_THREADS=threads), rasterio.open(mosaic) as src:
         profile = {"driver": "GTiff", "width": src.width, "height": src.height, "count": 1, "dtype": "uint8",
                    "crs": src.crs, "transform": src.transform, "tiled": True, "blockxsize": 256, "blockysize": 256,
-                   "compress": "deflate"}  # fmt: skip
+                   "compress": "deflate", "num_threads": threads}  # fmt: skip
         with rasterio.open(out, "w", **profile) as dst:
             for row in range(0, src.height, 1024):
                 for col in range(0, src.width, 1024):
@@ -117,13 +120,13 @@ def stage_seconds(profile: cProfile.Profile) -> dict[str, float]:
     def total(suffix: str, name: str) -> float:
         return sum(v[3] for (file, _, fn), v in stats.items() if file.endswith(suffix) and fn == name)
 
-    windows = total("infer/engine.py", "forward_windows")
+    windows = total("model/forward.py", "batch_weighted")
     network = total("pipeline_ceiling.py", "forward")
     return {
         "read + decode": total("infer/parallel.py", "read"),
         "normalize": total("data/preprocess.py", "apply"),
         "network (1×1 conv)": network,
-        "batching, softmax, copies": windows - network,
+        "batch, softmax, weighting and rounding (network side)": windows - network,
         "assemble + write blocks": total("infer/run.py", "add"),
         "overviews": total("io/classmap.py", "_overviews"),
         "polygons": total("polygons.py", "vectorize_class_map"),
@@ -193,6 +196,7 @@ def main() -> None:
     pixels = args.size * args.size / 1e6
 
     floor = io_floor(mosaic, out / "floor.tif")
+    threaded_floor = io_floor(mosaic, out / "floor_threaded.tif", threads="ALL_CPUS")
     ceiling = segment(mosaic, bundle, out / "classes.tif", "threads", args.workers)
 
     from geoseg.polygons import DEFAULT_SIEVE, class_areas, vectorize_class_map
@@ -220,6 +224,8 @@ def main() -> None:
     print("| run | seconds | Mpx/s | Mpx/s per worker | × I/O floor |\n|---|---|---|---|---|")
     print(f"| I/O floor (read 1024² blocks, write tiled deflate uint8 + overviews) | {floor:.1f} | "
           f"{pixels / floor:.2f} | – | 1.00 |")  # fmt: skip
+    print(f"| the same with GDAL's threads for compression and overviews (as geoseg writes) | {threaded_floor:.1f} | "
+          f"{pixels / threaded_floor:.2f} | – | {threaded_floor / floor:.2f} |")  # fmt: skip
     print(f"| `geoseg infer` class map, 1×1-conv network, threads × {args.workers} | {ceiling:.1f} | "
           f"{pixels / ceiling:.2f} | {pixels / ceiling / args.workers:.2f} | {ceiling / floor:.2f} |\n")  # fmt: skip
     print(f"Polygons of that class map ({pixels:.1f} Mpx, against its {ceiling:.1f} s):\n")
@@ -233,7 +239,7 @@ def main() -> None:
     for stage, seconds in stages.items():
         accounted += seconds
         print(f"| {stage} | {seconds:.1f} | {100 * seconds / profiled:.0f} % |")
-    print(f"| blend + accumulate, planning, drift check, imports, scheduling | {profiled - accounted:.1f} | "
+    print(f"| accumulating windows, planning, drift check, imports, scheduling | {profiled - accounted:.1f} | "
           f"{100 * (profiled - accounted) / profiled:.0f} % |")  # fmt: skip
     if args.memory_sizes:
         memory_rows(args.memory_sizes, args.workers, out)

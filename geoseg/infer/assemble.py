@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
 
@@ -91,28 +91,29 @@ def finish_block(
     for i, (row, col, piece) in enumerate(pieces):
         if i != covering:
             sums[:, row : row + piece.shape[1], col : col + piece.shape[2]] += piece
-    best, chosen = first_maximum(sums)
-    classes = np.asarray(spec.class_ids, dtype=np.uint8)[best]
-    classes[~valid] = IGNORE_INDEX
+    classes, chosen = first_maximum(sums, spec.class_ids)
+    invalid = ~valid
+    np.copyto(classes, IGNORE_INDEX, where=invalid)
     probability = None
     if confidence:  # softmax sums to 1, so the class sums add up to the blend weights' sum
         total = np.maximum(sums.sum(axis=0, dtype=np.int64), 1)
         probability = (chosen.astype(np.float64) / total).astype(np.float32)
-        probability[~valid] = 0.0
+        np.copyto(probability, 0.0, where=invalid)
     return BlockResult(classes, probability)
 
 
-def first_maximum(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(argmax, max)`` over axis 0 of (classes, h, w), ties to the first class, as ``sums.argmax(axis=0)``.
+def first_maximum(sums: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``labels[argmax]`` (uint8) and the maximum over axis 0 of (classes, h, w), ties to the first class.
 
     One pass per class over contiguous planes: numpy's argmax along the first axis walks the class
     axis pixel by pixel, which made it the largest single cost of finishing a block.
     """
-    best = np.zeros(sums.shape[1:], dtype=np.uint8 if len(sums) <= 256 else np.intp)
+    best = np.full(sums.shape[1:], labels[0], dtype=np.uint8)
     top = sums[0].copy()
+    better = np.empty(sums.shape[1:], dtype=bool)
     for k in range(1, len(sums)):
-        better = sums[k] > top
-        best[better] = k
+        np.greater(sums[k], top, out=better)
+        np.copyto(best, labels[k], where=better)
         np.maximum(top, sums[k], out=top)
     return best, top
 

@@ -145,8 +145,10 @@ def _torch_outputs(
         if weighted is None:
             return probabilities.cpu().numpy()
         weights, dtype = weighted
-        integers = torch.round(probabilities * torch.from_numpy(weights).to(device)).to(getattr(torch, dtype.name))
-        return integers.contiguous().cpu().numpy()
+        probabilities.mul_(torch.from_numpy(weights).to(device)).round_()
+        # one pass to integers and to channels-first; the values are whole numbers, so the cast is exact
+        integers = torch.empty(probabilities.shape, dtype=getattr(torch, dtype.name), device=device)
+        return integers.copy_(probabilities).cpu().numpy()
 
 
 def _torch_batch(windows: Sequence[np.ndarray], batch_size: int, device: torch.device) -> torch.Tensor:

@@ -158,3 +158,15 @@ def test_blocks_assemble_to_the_whole_image_result(tile: int, overlap: int, bloc
     expected = sum(valid[r : r + tile, c : c + tile].any() for r, c in window_grid(h, w, tile, overlap))
     # Each window runs once; each block's last batch is padded with up to 2 empty windows.
     assert expected <= windows_run <= expected + 2 * len(assembler.blocks)
+
+
+def test_first_maximum_is_argmax_with_ties_to_the_first_class() -> None:
+    from geoseg.infer.assemble import first_maximum
+
+    rng = np.random.default_rng(3)
+    sums = rng.integers(0, 4, (5, 40, 30)).astype(np.int32)  # few values: many ties between classes
+    labels = [7, 0, 254, 3, 12]
+    classes, top = first_maximum(sums, labels)
+    assert classes.dtype == np.uint8
+    assert np.array_equal(classes, np.asarray(labels, dtype=np.uint8)[sums.argmax(axis=0)])
+    assert np.array_equal(top, sums.max(axis=0))
