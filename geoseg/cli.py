@@ -255,7 +255,8 @@ def infer(
         reporter.message(f"confidence: {result.confidence}")
     if paths.polygons is not None:
         reporter.update("polygons", 0, 1)
-    finished = finish_outputs(paths, min_area=min_area, simplify=simplify, overwrite=overwrite, sieve=sieve)
+    finished = finish_outputs(paths, min_area=min_area, simplify=simplify, overwrite=overwrite, sieve=sieve,
+                              polygon_workers=workers or default_workers())  # fmt: skip
     if paths.polygons is not None:
         reporter.update("polygons", 1, 1)
         reporter.message(
@@ -533,6 +534,7 @@ def vectorize(
 
     The polygons keep the class map's CRS; simplification keeps borders between classes shared (no gaps).
     """
+    from geoseg.polygon_workers import default_workers
     from geoseg.polygons import vectorize_class_map
 
     classes = bundle_classes(model)
@@ -542,7 +544,8 @@ def vectorize(
     stage(0, 1)
     target = out or Path(f"{class_map.stem}_polygons.gpkg")
     result = vectorize_class_map(class_map, target, classes, min_area=min_area, simplify=simplify,
-                                 connectivity=connectivity, overwrite=overwrite, sieve=sieve)  # fmt: skip
+                                 connectivity=connectivity, overwrite=overwrite, sieve=sieve,
+                                 workers=default_workers())  # fmt: skip
     stage(1, 1)
     dropped = f", {result.dropped:,} under --min-area dropped" if result.dropped else ""
     reporter.message(

@@ -17,6 +17,7 @@ region within one strip gets bit-identical coordinates to polygonizing the map i
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import rasterio.features
@@ -24,6 +25,25 @@ import shapely
 from affine import Affine
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+
+
+@dataclass(frozen=True)
+class PolygonizedStrip:
+    """A strip of full rows, polygonized: what joining needs of it (its pieces and its two edge rows)."""
+
+    top: int  # its first row in the map
+    height: int
+    first_row: np.ndarray
+    last_row: np.ndarray
+    pieces: np.ndarray  # GDAL's polygons of the strip, pixel coordinates
+    classes: np.ndarray  # their class ids
+    merged: int = 0  # pixels the sieve changed before polygonizing, where it ran
+
+
+def polygonized(top: int, rows: np.ndarray, connectivity: int, skip: set[int], merged: int = 0) -> PolygonizedStrip:
+    """One strip (first row ``top``) polygonized, ``skip`` values (nodata) left out."""
+    pieces, classes = strip_pieces(top, rows, connectivity, skip)
+    return PolygonizedStrip(top, rows.shape[0], rows[0].copy(), rows[-1].copy(), pieces, classes, merged)
 
 
 def region_polygons(
@@ -34,10 +54,17 @@ def region_polygons(
     ``strips`` yields (first row, rows) of the class map, top to bottom, full width, ``height`` rows in all.
     Pixels whose value is in ``skip`` (nodata) belong to no region.
     """
+    polygonized_strips = (polygonized(top, rows, connectivity, skip) for top, rows in strips)
+    return joined_regions(polygonized_strips, height, transform, connectivity)
+
+
+def joined_regions(
+    strips: Iterable[PolygonizedStrip], height: int, transform: Affine, connectivity: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``region_polygons`` from strips already polygonized (in this process or in workers), top to bottom."""
     joiner = _Joiner(height, connectivity)
-    for top, rows in strips:
-        pieces, classes = strip_pieces(top, rows, connectivity, skip)
-        done, done_classes = joiner.add(top, rows, pieces, classes)
+    for strip in strips:
+        done, done_classes = joiner.add(strip)
         if done:
             yield to_crs(np.asarray(done, dtype=object), transform), np.asarray(done_classes, dtype=np.int64)
     done, done_classes = joiner.finish()
@@ -158,17 +185,18 @@ class _Joiner:
         self.edge_classes = np.empty(0)
         self.next_id = 0
 
-    def add(self, top: int, rows: np.ndarray, pieces: np.ndarray, classes: np.ndarray) -> tuple[list, list]:
+    def add(self, strip: PolygonizedStrip) -> tuple[list, list]:
         """Take a strip's pieces; return the regions this strip finished (polygons, class ids)."""
-        width = rows.shape[1]
-        bottom = top + rows.shape[0]
+        top, pieces, classes = strip.top, strip.pieces, strip.classes
+        width = len(strip.first_row)
+        bottom = top + strip.height
         done: list = []
         done_classes: list[int] = []
         region_of = np.full(len(pieces), -1, dtype=np.int64)
         joined: set[int] = set()
         if self.pieces:
             above, below = touching_pairs(self.edge_region, self.edge_classes, edge_owners(pieces, top, width, True),
-                                          rows[0], self.connectivity)  # fmt: skip
+                                          strip.first_row, self.connectivity)  # fmt: skip
             joined = self._join(above, below, pieces, classes, region_of)
         for region in [r for r in self.pieces if r not in joined]:  # nothing in this strip continues them
             done.append(_union(self.pieces.pop(region)))
@@ -188,7 +216,7 @@ class _Joiner:
             done_classes.append(self.classes.pop(region))
         self.edge_region = np.full(width, -1, dtype=np.int64)
         self.edge_region[lower >= 0] = region_of[lower[lower >= 0]]
-        self.edge_classes = rows[-1].copy()
+        self.edge_classes = strip.last_row
         return done, done_classes
 
     def finish(self) -> tuple[list, list]:

@@ -52,7 +52,8 @@ from geoseg.errors import Cancelled, ConfigError, InputError, OutputError
 from geoseg.io.classmap import class_names
 from geoseg.io.raster import GridSpec, atomic_path, corrupted, ensure_writable, open_raster, verify_readable
 from geoseg.io.vector import inside_window
-from geoseg.polygon_strips import region_polygons
+from geoseg.polygon_strips import PolygonizedStrip, joined_regions, polygonized, region_polygons
+from geoseg.polygon_workers import pooled_strips, sieved_rows, strip_edges
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -87,6 +88,7 @@ def vectorize_class_map(
     min_pixels: int = 0,
     cancel: threading.Event | None = None,
     sieve: int = DEFAULT_SIEVE,
+    workers: int = 1,
 ) -> VectorizeResult:
     """Polygonize a class map into ``out`` (.gpkg layer "classes", .geojson/.json, or .parquet).
 
@@ -101,6 +103,10 @@ def vectorize_class_map(
     map's CRS, only valid geometries, and appears atomically; an existing file is replaced only with
     ``overwrite``. Setting ``cancel`` (from another thread) stops the work at its next batch of polygons
     with :class:`~geoseg.errors.Cancelled`, writing nothing.
+
+    With ``workers`` > 1, a map of more than two strips is sieved and polygonized by that many processes, strip
+    by strip (``geoseg.polygon_workers``); the polygons are the same. They are spawned, so a script that asks
+    for them needs the ``if __name__ == "__main__":`` guard; the command line passes its ``--workers``.
     """
     class_map, out = Path(class_map), Path(out)
     driver = _output_driver(out)
@@ -122,8 +128,8 @@ def vectorize_class_map(
             except rasterio.errors.RasterioIOError as exc:
                 raise corrupted(class_map, exc) from None
 
-        strips = _ClassStrips(read, ds.height, ds.width, sieve, connectivity, skip, cancel)
-        regions = region_polygons(strips, ds.height, ds.transform, connectivity, skip)
+        strips = _FileStrips(class_map, read, ds.height, ds.width, sieve, connectivity, skip, cancel, workers)
+        regions = joined_regions(strips, ds.height, ds.transform, connectivity)
         kept = _Kept(regions, threshold, connectivity, cancel)
         batches = _simplified(kept, simplify) if simplify > 0 else kept
         counts: Counter[int] = Counter()
@@ -180,21 +186,14 @@ def _sieved_strips(
 ) -> Iterator[tuple[int, np.ndarray, int]]:
     """(first row, sieved rows, pixels changed) for strips of full rows of a class map ``read(top, bottom)``.
 
-    Each strip is sieved with ``size`` rows of context above and below: a region smaller than ``size`` pixels
-    spans fewer rows than that, and a larger one cut off by the context still shows ``size`` pixels or more,
-    so which regions are small is decided exactly. Which neighbour is the largest is judged within the strip
-    and its context, so where a speckle touches two large regions it may join the other one than a sieve of
-    the whole map would; the strips depend only on the map's width, never on how it was written or split.
-    Nodata (``skip``) is masked out: never merged, never grown.
+    Each strip is sieved with ``size`` rows of context above and below (``polygon_workers.sieved_rows``).
+    Which neighbour is the largest is judged within the strip and its context, so where a speckle touches two
+    large regions it may join the other one than a sieve of the whole map would; the strips depend only on the
+    map's width, never on how it was written or split.
     """
-    rows = max(1, _STRIP_PIXELS // max(width, 1))
-    for top in range(0, height, rows):
-        bottom = min(height, top + rows)
-        lo, hi = max(0, top - size), min(height, bottom + size)
-        block = np.ascontiguousarray(read(lo, hi))
-        sieved = rasterio.features.sieve(block, size, connectivity=connectivity, mask=~np.isin(block, list(skip)))
-        core = slice(top - lo, bottom - lo)
-        yield top, sieved[core], int(np.count_nonzero(sieved[core] != block[core]))
+    for top, bottom in strip_edges(height, width, _STRIP_PIXELS):
+        rows, changed = sieved_rows(read, top, bottom, height, size, connectivity, skip)
+        yield top, rows, changed
 
 
 class _ClassStrips:
@@ -219,6 +218,32 @@ class _ClassStrips:
             _stop_if(self.cancel)
             self.merged += changed
             yield top, rows
+
+
+class _FileStrips:
+    """A class map file's strips, polygonized: by worker processes when there are more than two strips and
+    more than one worker, else in this process (``_ClassStrips``). Counts the pixels the sieve changed."""
+
+    def __init__(self, path: Path, read: Callable[[int, int], np.ndarray], height: int, width: int, sieve: int,
+                 connectivity: int, skip: set[int], cancel: threading.Event | None,
+                 workers: int) -> None:  # fmt: skip
+        self.path, self.height, self.sieve, self.connectivity, self.skip = path, height, sieve, connectivity, skip
+        self.cancel = cancel
+        self.edges = strip_edges(height, width, _STRIP_PIXELS)
+        self.workers = min(workers, len(self.edges))
+        self.serial = _ClassStrips(read, height, width, sieve, connectivity, skip, cancel)
+        self.merged = 0
+
+    def __iter__(self) -> Iterator[PolygonizedStrip]:
+        if len(self.edges) <= 2 or self.workers <= 1:
+            for top, rows in self.serial:
+                yield polygonized(top, rows, self.connectivity, self.skip)
+            self.merged = self.serial.merged
+            return
+        for strip in pooled_strips(str(self.path), self.edges, self.height, self.sieve, self.connectivity,
+                                   self.skip, self.workers, self.cancel):  # fmt: skip
+            self.merged += strip.merged
+            yield strip
 
 
 def _stop_if(cancel: threading.Event | None) -> None:

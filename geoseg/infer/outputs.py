@@ -46,15 +46,18 @@ class FinishedOutputs:
 
 
 def finish_outputs(paths: OutputPaths, min_area: float, simplify: float, overwrite: bool,
-                   cancel: threading.Event | None = None, sieve: int = DEFAULT_SIEVE) -> FinishedOutputs:  # fmt: skip
+                   cancel: threading.Event | None = None, sieve: int = DEFAULT_SIEVE,
+                   polygon_workers: int = 1) -> FinishedOutputs:  # fmt: skip
     """Polygons (streamed from the written class map) and the per-class areas, each written atomically.
 
     ``cancel`` set from another thread stops the polygons part-way (:class:`~geoseg.errors.Cancelled`).
+    ``polygon_workers`` processes sieve and polygonize the strips of a large map (``vectorize_class_map``).
     """
     n_polygons, merged = None, 0
     if paths.polygons is not None:
         vectors = vectorize_class_map(paths.classes, paths.polygons, min_area=min_area, simplify=simplify,
-                                      overwrite=overwrite, cancel=cancel, sieve=sieve)  # fmt: skip
+                                      overwrite=overwrite, cancel=cancel, sieve=sieve,
+                                      workers=polygon_workers)  # fmt: skip
         n_polygons, merged = vectors.n_polygons, vectors.merged_pixels
     areas = class_areas(paths.classes)
     with atomic_path(paths.areas) as tmp:

@@ -108,3 +108,19 @@ def test_polygons_of_pinched_regions_are_valid_and_cover_the_map(connectivity: i
     assert frame.is_valid.all() and len(frame) > 100
     assert frame.area.sum() == pytest.approx(classes.size * PIXEL**2)
     assert shapely.union_all(frame.geometry.values).area == pytest.approx(classes.size * PIXEL**2)
+
+
+@pytest.mark.parametrize("sieve", [DEFAULT_SIEVE, 0])
+def test_worker_processes_give_the_polygons_of_one_process(speckled: np.ndarray, tmp_path: Path, sieve: int,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Strips sieved and polygonized by two spawned workers, joined here: the serial result, polygon for polygon."""
+    path = write_map(tmp_path / "classes.tif", speckled, TRANSFORM)
+    monkeypatch.setattr(polygons, "_STRIP_PIXELS", speckled.shape[1] * 50)  # the parent cuts the strips
+    serial = vectorize_class_map(path, tmp_path / "serial.gpkg", sieve=sieve)
+    pooled = vectorize_class_map(path, tmp_path / "pooled.gpkg", sieve=sieve, workers=2)
+    assert speckled.shape[0] // 50 > 2  # more than two strips, so the workers ran
+    assert (pooled.n_polygons, pooled.counts, pooled.merged_pixels) == (serial.n_polygons, serial.counts,
+                                                                          serial.merged_pixels)  # fmt: skip
+    a, b = read_polygons(tmp_path / "serial.gpkg"), read_polygons(tmp_path / "pooled.gpkg")
+    assert list(a.class_id) == list(b.class_id)
+    assert shapely.equals_exact(a.geometry.values, b.geometry.values, tolerance=0).all()
