@@ -19,7 +19,8 @@ overviews, then polygons and areas. In one process, side by side:
    Python-heavy stages more than NumPy/GDAL-heavy ones, so read the shares as an upper bound for Python).
 
 With ``--memory-sizes 4096 16384`` it then runs the default outputs (class map, sieved polygons, areas)
-for each size in a fresh process and reports its peak memory (issue 13: within 1.2× from 4096² to 16384²).
+for each size in a fresh process, polygons with ``--workers`` processes as `geoseg infer` does, and
+reports its peak memory (issue 13: within 1.2× from 4096² to 16384²) and the largest polygon worker's.
 
 Prints a markdown table for bench/RESULTS.md.
 """
@@ -151,25 +152,26 @@ def default_outputs(size: int, workers: int, out: Path) -> dict:
     classes = out / f"classes_{size}.tif"
     seconds = segment(mosaic, bundle, classes, "threads", workers)
     start = time.perf_counter()
-    made = vectorize_class_map(classes, out / f"polygons_{size}.gpkg", overwrite=True)
+    made = vectorize_class_map(classes, out / f"polygons_{size}.gpkg", overwrite=True, workers=workers)  # as the CLI
     class_areas(classes)
     polygons = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
-    return {"size": size, "class_map_s": seconds, "polygons_s": polygons, "polygons": made.n_polygons, "peak_gib": peak}
+    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # the largest polygon worker
+    return {"size": size, "class_map_s": seconds, "polygons_s": polygons, "polygons": made.n_polygons, "peak_gib": peak,
+            "worker_peak_gib": worker_peak}  # fmt: skip
 
 
 def memory_rows(sizes: list[int], workers: int, out: Path) -> None:
     print("\nDefault outputs (class map, polygons with the default sieve, areas), each size in a fresh process:\n")
-    print(
-        "| mosaic | class map s | polygons + areas s | polygons | peak RSS GiB | × first |\n|---|---|---|---|---|---|"
-    )
+    print("| mosaic | class map s | polygons + areas s | polygons | peak RSS GiB | × first "
+          "| largest polygon worker GiB |\n|---|---|---|---|---|---|---|")  # fmt: skip
     first = None
     for size in sizes:
         command = [sys.executable, __file__, "--child", str(size), "--workers", str(workers), "--out-dir", str(out)]
         row = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
         first = first or row["peak_gib"]
         print(f"| {size}² | {row['class_map_s']:.1f} | {row['polygons_s']:.1f} | {row['polygons']:,} | "
-              f"{row['peak_gib']:.2f} | {row['peak_gib'] / first:.2f} |")  # fmt: skip
+              f"{row['peak_gib']:.2f} | {row['peak_gib'] / first:.2f} | {row['worker_peak_gib']:.2f} |")  # fmt: skip
 
 
 def main() -> None:
