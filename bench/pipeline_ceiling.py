@@ -121,7 +121,7 @@ def stage_seconds(profile: cProfile.Profile) -> dict[str, float]:
     def total(suffix: str, name: str) -> float:
         return sum(v[3] for (file, _, fn), v in stats.items() if file.endswith(suffix) and fn == name)
 
-    windows = total("model/forward.py", "batch_weighted")
+    windows = total("model/forward.py", "_torch_outputs")
     network = total("pipeline_ceiling.py", "forward")
     return {
         "read + decode": total("infer/parallel.py", "read"),
@@ -196,6 +196,8 @@ def main() -> None:
     bundle = make_bundle(out / "bundle_resnet18", "resnet18")
     swap_network(bundle)
     pixels = args.size * args.size / 1e6
+
+    import geoseg.infer.run  # noqa: F401  imported before the clock starts, as the floor's rasterio is
 
     floor = io_floor(mosaic, out / "floor.tif")
     threaded_floor = io_floor(mosaic, out / "floor_threaded.tif", threads="ALL_CPUS")

@@ -28,3 +28,18 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+class PeriodicRelease:
+    """``release_free_memory`` on every ``every``-th call: trimming gives pages back that the next blocks then
+    fault in and zero again, which cost 8 % of a class map's time when done after every block (bench/RESULTS.md);
+    every few blocks still keeps the freed chunks from piling up."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls % self.every == 0:
+            release_free_memory()

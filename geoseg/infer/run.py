@@ -36,9 +36,11 @@ from geoseg.io.raster import (
     removed_if_left_empty,
 )
 from geoseg.io.vector import aoi_geometry
-from geoseg.memory import release_free_memory
+from geoseg.memory import PeriodicRelease
 from geoseg.model.bundle import Bundle, bundle_version, check_bundle_fits, load_bundle
 from geoseg.progress import Progress
+
+RELEASE_EVERY = 8  # contributions between handing freed memory back to the system (geoseg.memory)
 
 
 def default_workers() -> int:
@@ -151,6 +153,7 @@ class MosaicWriter:
         self.classes_path = classes_path
         self.confidence_path = confidence_path
         self.blocks_written = 0
+        self._release = PeriodicRelease(every=RELEASE_EVERY)
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> MosaicWriter:
@@ -179,7 +182,7 @@ class MosaicWriter:
         self.blocks_written += len(finished)
         count = len(finished)
         del contribution, finished
-        release_free_memory()
+        self._release()
         return count
 
     @property
