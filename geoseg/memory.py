@@ -12,10 +12,13 @@ import sys
 def _malloc_trim():
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    try:  # glibc's name first: find_library runs ldconfig in a child, a fork of this (large) process
+        libc = ctypes.CDLL("libc.so.6")
     except OSError:
-        return None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "")
+        except OSError:
+            return None
     return getattr(libc, "malloc_trim", None)
 
 
