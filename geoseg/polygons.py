@@ -50,7 +50,7 @@ from shapely.geometry.base import BaseGeometry
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import Cancelled, ConfigError, InputError, OutputError
 from geoseg.io.classmap import class_names
-from geoseg.io.raster import GridSpec, atomic_path, corrupted, ensure_writable, open_raster, verify_readable
+from geoseg.io.raster import GridSpec, atomic_path, corrupted, ensure_writable, open_raster
 from geoseg.io.vector import inside_window
 from geoseg.polygon_strips import PolygonizedStrip, joined_regions, polygonized, region_polygons
 from geoseg.polygon_workers import pooled_strips, sieved_rows, strip_edges
@@ -293,11 +293,13 @@ def class_areas(class_map: str | Path, classes: Sequence[ClassSpec] | None = Non
     class_map = Path(class_map)
     with open_raster(class_map) as ds:
         check_class_map(ds, class_map)
-    verify_readable(class_map)  # a damaged tile would otherwise stop the count half-way, in a traceback
     with open_raster(class_map) as ds:
         names = class_names(ds, classes)
         skip = nodata_ids(ds.nodata)
-        counts = class_pixel_counts(ds)
+        try:  # the strips cover every tile, so a damaged one fails here, in one line
+            counts = class_pixel_counts(ds)
+        except rasterio.errors.RasterioIOError as exc:
+            raise corrupted(class_map, exc) from None
         crs = ds.crs
         pixel_area = abs(ds.transform.determinant)
     to_m2 = square_metres_factor(crs)
