@@ -534,7 +534,7 @@ def vectorize(
 
     The polygons keep the class map's CRS; simplification keeps borders between classes shared (no gaps).
     """
-    from geoseg.polygon_workers import default_workers
+    from geoseg.infer.run import default_workers
     from geoseg.polygons import vectorize_class_map
 
     classes = bundle_classes(model)

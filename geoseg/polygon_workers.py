@@ -12,11 +12,11 @@ At most ``workers + 1`` strips are in flight, so memory stays bounded by strips,
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from itertools import islice
 
 import numpy as np
 import rasterio
@@ -27,8 +27,6 @@ from rasterio.windows import Window
 from geoseg.errors import Cancelled, InputError
 from geoseg.io.raster import first_line
 from geoseg.polygon_strips import PolygonizedStrip, polygonized
-
-MAX_WORKERS = 8  # each holds a strip and its polygons; beyond this the joining process is the limit
 
 
 def sieved_rows(read: Callable[[int, int], np.ndarray], top: int, bottom: int, height: int, size: int,
@@ -53,12 +51,6 @@ def strip_edges(height: int, width: int, strip_pixels: int) -> list[tuple[int, i
     return [(top, min(height, top + rows)) for top in range(0, height, rows)]
 
 
-def default_workers() -> int:
-    """One process per usable core, at most ``MAX_WORKERS``."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(MAX_WORKERS, usable))
-
-
 def pooled_strips(path: str, edges: list[tuple[int, int]], height: int, sieve: int, connectivity: int,
                   skip: set[int], workers: int,
                   cancel: threading.Event | None = None) -> Iterator[PolygonizedStrip]:  # fmt: skip
@@ -72,18 +64,17 @@ def pooled_strips(path: str, edges: list[tuple[int, int]], height: int, sieve: i
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_leave_interrupts_to_the_caller)
     try:
         pending = iter(edges)
-        in_flight: list[Future] = []
-        for top, bottom in pending:
-            in_flight.append(pool.submit(_one_strip, path, top, bottom, height, sieve, connectivity, skip))
-            if len(in_flight) > workers:
-                break
+
+        def submit(count: int) -> list[Future]:
+            return [pool.submit(_one_strip, path, top, bottom, height, sieve, connectivity, skip)
+                    for top, bottom in islice(pending, count)]  # fmt: skip
+
+        in_flight = submit(workers + 1)
         while in_flight:
             strip = in_flight.pop(0).result()
             if cancel is not None and cancel.is_set():
                 raise Cancelled("polygons stopped: the run is being interrupted")
-            for top, bottom in pending:
-                in_flight.append(pool.submit(_one_strip, path, top, bottom, height, sieve, connectivity, skip))
-                break
+            in_flight += submit(1)
             if isinstance(strip, str):
                 raise InputError(f"is corrupted or truncated ({strip}); re-export or re-copy it", path)
             yield strip

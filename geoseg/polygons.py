@@ -406,9 +406,8 @@ def _area_threshold(min_area: float, min_pixels: int, pixel_area: float) -> floa
 
 
 def _strips(width: int, height: int) -> Iterator[Window]:
-    rows = max(1, min(height, _STRIP_PIXELS // max(width, 1)))
-    for row in range(0, height, rows):
-        yield Window(0, row, width, min(rows, height - row))
+    for top, bottom in strip_edges(height, width, _STRIP_PIXELS):
+        yield Window(0, top, width, bottom - top)
 
 
 def _valid(polygons: np.ndarray, pixel_regions: bool = False) -> np.ndarray:
