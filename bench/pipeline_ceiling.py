@@ -4,7 +4,8 @@
 
 What is left when the network costs (almost) nothing is the pipeline: reading and decoding, normalizing,
 cutting windows into batches, softmax, blending and fixed-point accumulation, assembling and writing,
-overviews, then polygons and areas. In one process, side by side:
+overviews, then polygons and areas. In one process, side by side, each of
+the first two run ``--repeat`` times (default 3), interleaved, and reported as medians with every run listed:
 
 1. **I/O floor**: rasterio reads the mosaic in 1024² blocks and writes a tiled, deflate-compressed uint8
    raster of its size with overviews (what any tool must do), on one GDAL thread as issue 13 defines it,
@@ -35,6 +36,7 @@ import os
 import platform
 import pstats
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -231,6 +233,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "pipeline")
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[])
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the floors and the ceiling; medians reported")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
@@ -250,9 +253,12 @@ def main() -> None:
 
     import geoseg.infer.run  # noqa: F401  imported before the clock starts, as the floor's rasterio is
 
-    floor = io_floor(mosaic, out / "floor.tif")
-    threaded_floor = io_floor(mosaic, out / "floor_threaded.tif", threads="ALL_CPUS")
-    ceiling = segment(mosaic, bundle, out / "classes.tif", "threads", args.workers)
+    runs: dict[str, list[float]] = {"floor": [], "threaded": [], "ceiling": []}
+    for _ in range(args.repeat):  # interleaved, so a slow spell of the machine hits all three alike
+        runs["floor"].append(io_floor(mosaic, out / "floor.tif"))
+        runs["threaded"].append(io_floor(mosaic, out / "floor_threaded.tif", threads="ALL_CPUS"))
+        runs["ceiling"].append(segment(mosaic, bundle, out / "classes.tif", "threads", args.workers))
+    floor, threaded_floor, ceiling = (statistics.median(runs[k]) for k in ("floor", "threaded", "ceiling"))
 
     from geoseg.polygons import DEFAULT_SIEVE, class_areas, vectorize_class_map
 
@@ -276,6 +282,8 @@ def main() -> None:
 
     print(f"{args.size}² uint8 RGB mosaic ({pixels:.1f} Mpx), {cpu_name()}, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")  # fmt: skip
+    print(f"Medians of {args.repeat} interleaved runs; every run's seconds, first to last: "
+          + "; ".join(f"{k} " + ", ".join(f"{v:.2f}" for v in runs[k]) for k in runs) + "\n")  # fmt: skip
     print("| run | seconds | Mpx/s | Mpx/s per worker | × I/O floor |\n|---|---|---|---|---|")
     print(f"| I/O floor (read 1024² blocks, write tiled deflate uint8 + overviews) | {floor:.1f} | "
           f"{pixels / floor:.2f} | – | 1.00 |")  # fmt: skip

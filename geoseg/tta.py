@@ -39,18 +39,28 @@ def averaged_probabilities(
     logits_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tta: bool
 ) -> torch.Tensor:
     """Softmax probabilities (float32) of ``x`` (N, C, H, W), averaged over the eight views if ``tta``."""
-    import torch
 
     if not tta:
-        return torch.softmax(logits_of(x).float(), dim=1)
+        return _softmax(logits_of(x))
     _check_square(x.shape)
     total: torch.Tensor | None = None
     for k, flip in VIEWS:
-        probs = torch.softmax(logits_of(_forward_view(x, k, flip)).float(), dim=1)
+        probs = _softmax(logits_of(_forward_view(x, k, flip)))
         probs = _inverse_view(probs, k, flip)
         total = probs if total is None else total + probs
     assert total is not None
     return total / len(VIEWS)
+
+
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over classes, computed on a channels-first copy.
+
+    On a channels-last tensor torch's softmax over dim 1 takes 5× as long on the CPU (23 ms against 4.4 ms
+    for 4×4×512², plus 1.2 ms for the copy) and gives the same bits.
+    """
+    import torch
+
+    return torch.softmax(logits.float().contiguous(), dim=1)
 
 
 def averaged_array_probabilities(

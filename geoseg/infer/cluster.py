@@ -14,10 +14,11 @@ from geoseg.errors import InputError
 def check_scheduler(value: str, known: tuple[str, ...] = (), files: bool = False) -> None:
     """Refuse a ``--scheduler`` that is neither a name in ``known`` nor a Dask address (nor, if ``files``,
     an existing scheduler file) before any work starts: Dask's own error is a traceback."""
-    from distributed.comm.addressing import parse_address, parse_host_port
-
     if value in known or (files and Path(value).is_file()):
         return
+    # only here: importing distributed costs a local run 0.4 s and some 200 modules it never uses
+    from distributed.comm.addressing import parse_address, parse_host_port
+
     try:
         scheme, location = parse_address(value)
         if scheme in ("tcp", "tls"):
