@@ -147,6 +147,9 @@ def _valid_range(paths: Sequence[Path], bands: Sequence[int]) -> tuple[float, fl
     return (0.0, 1.0) if not np.isfinite(lo) else (lo, hi)
 
 
+TABLE_DTYPES = ("uint8", "uint16")  # dtypes whose every value fits a lookup table
+
+
 @dataclass(frozen=True)
 class Normalization:
     """Raw pixels → network input: ``(clip((x - lo) / (hi - lo), 0, 1) - mean) / std`` per band."""
@@ -168,6 +171,26 @@ class Normalization:
         scaled -= mean  # standardize's arithmetic, in place: a third of its time, the same bits
         scaled /= std
         return scaled
+
+    def value_table(self, dtype: np.dtype) -> np.ndarray | None:
+        """The network input of every value of an 8- or 16-bit ``dtype``, per band: float32 (bands, levels),
+        ``apply``'s own numbers (remedies included), made once. None for other dtypes.
+
+        With it a window can travel to the network's device in its own dtype and be normalized there by a
+        lookup (``model.forward.RawBatch``).
+        """
+        if np.dtype(dtype).name not in TABLE_DTYPES:
+            return None
+        tables = self.__dict__.setdefault("_value_tables", {})  # a cache, not a field: frozen, and not pickled
+        name = np.dtype(dtype).name
+        if name not in tables:
+            levels = np.arange(int(np.iinfo(dtype).max) + 1, dtype=dtype)
+            every_value = np.ascontiguousarray(np.broadcast_to(levels, (len(self.scale), 1, levels.size)))
+            tables[name] = np.ascontiguousarray(self.apply(every_value)[:, 0, :])
+        return tables[name]
+
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if not key.endswith("_tables")}
 
     def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(lo, span, mean, std), each float32 of shape (bands, 1, 1): what broadcasts over a (bands, h, w)

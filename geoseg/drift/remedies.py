@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from geoseg.data.histogram import MatchCurve
-from geoseg.data.preprocess import Normalization
+from geoseg.data.preprocess import TABLE_DTYPES, Normalization
 from geoseg.drift.report import DriftReport
 from geoseg.errors import BundleError, InputError
 
@@ -40,9 +40,6 @@ def matched_normalization(normalization: Normalization, report: DriftReport) -> 
     return Normalization(scale, list(normalization.mean), list(normalization.std))
 
 
-LOOKUP_DTYPES = frozenset({"uint8", "uint16"})
-
-
 @dataclass(frozen=True)
 class HistogramMatchedNormalization(Normalization):
     """A normalization whose raw values first pass each band's histogram-matching curve."""
@@ -50,7 +47,7 @@ class HistogramMatchedNormalization(Normalization):
     curves: tuple[MatchCurve, ...] = ()
 
     def matched(self, raw: np.ndarray) -> np.ndarray:
-        if raw.dtype.name in LOOKUP_DTYPES:  # 8- and 16-bit bands: the curve of every value, looked up
+        if raw.dtype.name in TABLE_DTYPES:  # 8- and 16-bit bands: the curve of every value, looked up
             return np.stack([table[band] for table, band in zip(self._lookup(raw.dtype), raw, strict=True)])
         return np.stack([curve.apply(band) for curve, band in zip(self.curves, raw, strict=True)])
 
@@ -61,9 +58,6 @@ class HistogramMatchedNormalization(Normalization):
             values = np.arange(int(np.iinfo(dtype).max) + 1, dtype=dtype)
             tables[dtype.name] = [curve.apply(values) for curve in self.curves]
         return tables[dtype.name]
-
-    def __getstate__(self) -> dict:
-        return {key: value for key, value in self.__dict__.items() if key != "_lookup_tables"}
 
     def scaled(self, raw: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         return super().scaled(self.matched(raw), valid)

@@ -24,7 +24,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX
-from geoseg.infer.engine import BlockResult, InferenceSpec, Reader, forward_windows
+from geoseg.infer.engine import BlockResult, InferenceSpec, Reader, forward_windows, normalized_on_device
 from geoseg.infer.windows import blend_weights
 from geoseg.io.raster import clip_window
 from geoseg.io.tiling import grid_offsets
@@ -199,13 +199,16 @@ def block_contribution(
     top, left = int(core.row_off), int(core.col_off)
     span = _span(core, origins, tile)
     raw, valid = read(span)
-    image = spec.normalization.apply(raw, valid)
+    on_device = normalized_on_device(spec.normalization, raw)
+    image = raw if on_device else spec.normalization.apply(raw, valid)
     wanted = valid & region(span) if region is not None else valid
     runnable = [(r, c) for r, c in origins if wanted[r - top : r - top + tile, c - left : c - left + tile].any()]
     a_row, a_col = int(area.row_off), int(area.col_off)
     dtype = accumulator_dtype(tile, spec.overlap)
     sums = np.zeros((n, int(area.height), int(area.width)), dtype=dtype)
-    for chunk, weighted in forward_windows(model, image, top, left, runnable, spec, fixed_point_weights(tile), dtype):
+    weights = fixed_point_weights(tile)
+    raw_valid = valid if on_device else None
+    for chunk, weighted in forward_windows(model, image, top, left, runnable, spec, weights, dtype, raw_valid):
         for (r, c), contribution in zip(chunk, weighted, strict=True):
             h = min(tile, a_row + sums.shape[1] - r)
             w = min(tile, a_col + sums.shape[2] - c)

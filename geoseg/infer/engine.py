@@ -17,7 +17,7 @@ from rasterio.windows import Window
 
 from geoseg.data.preprocess import Normalization
 from geoseg.io.raster import clip_window
-from geoseg.model.forward import Network, batch_weighted
+from geoseg.model.forward import Network, RawBatch, Windows, batch_weighted
 
 Reader = Callable[[Window], tuple[np.ndarray, np.ndarray]]
 
@@ -48,13 +48,28 @@ def forward_windows(
     spec: InferenceSpec,
     weights: np.ndarray,
     dtype: np.dtype,
+    raw_valid: np.ndarray | None = None,
 ):
     """Per window of ``image`` (its corner at ``top, left``), ``spec.batch_size`` at a time: the softmax
-    probabilities times ``weights``, rounded to ``dtype`` integers (``model.forward.batch_weighted``)."""
+    probabilities times ``weights``, rounded to ``dtype`` integers (``model.forward.batch_weighted``).
+
+    ``image`` is normalized, or with ``raw_valid`` (its valid mask) raw 8- or 16-bit pixels, which travel to
+    the network as they are and are normalized there (``model.forward.RawBatch``).
+    """
     tile = spec.tile
+    table = spec.normalization.value_table(image.dtype) if raw_valid is not None else None
     for chunk in batched(origins, spec.batch_size):
-        windows = [image[:, r - top : r - top + tile, c - left : c - left + tile] for r, c in chunk]
+        cuts = [(slice(r - top, r - top + tile), slice(c - left, c - left + tile)) for r, c in chunk]
+        windows: Windows = [image[:, rows, cols] for rows, cols in cuts]
+        if table is not None and raw_valid is not None:
+            windows = RawBatch(windows, [raw_valid[rows, cols] for rows, cols in cuts], table)
         yield chunk, batch_weighted(model, windows, spec.batch_size, weights, dtype, spec.precision, spec.tta)
+
+
+def normalized_on_device(normalization: Normalization, raw: np.ndarray) -> bool:
+    """Whether ``raw``'s windows travel as they are and are normalized where the network runs: 8- and
+    16-bit bands, whose every value the normalization can tabulate."""
+    return normalization.value_table(raw.dtype) is not None
 
 
 def slice_padded(raw: np.ndarray, valid: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
