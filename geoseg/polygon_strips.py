@@ -266,9 +266,67 @@ def _union(pieces: list) -> shapely.Geometry:
     if len(pieces) == 1:
         return pieces[0]
     pieces = np.asarray(pieces, dtype=object)
-    outline = shapely.union_all(shapely.polygons(shapely.get_exterior_ring(pieces)))
+    outline = _outline_union(pieces)
     if outline.geom_type != "Polygon":  # parts touching at a corner (8-connectivity): which holes go where
         return shapely.union_all(pieces)
     rings, owner = shapely.get_rings(pieces, return_index=True)
     holes = rings[np.concatenate(([False], owner[1:] == owner[:-1]))]  # each piece's first ring is its exterior
     return shapely.polygons(outline.exterior, holes=np.concatenate((shapely.get_rings(outline)[1:], holes)))
+
+
+def _outline_union(pieces: np.ndarray) -> shapely.Geometry:
+    """The union of the pieces' outlines.
+
+    The pieces tile the region without overlapping and meet only along strip edges, so once each outline has a
+    vertex wherever another's lies on a shared edge (``_noded_outlines``) they form a coverage, and GEOS's
+    coverage union only has to drop the edges they share: 1.5 s against 5.9 s of general overlay for the 760
+    regions that cross strip edges in a 16384² speckled map (bench/RESULTS.md, issue 13). The area of a union
+    without overlaps is the sum of the parts': where it is not (a coverage this reasoning missed), or GEOS
+    refuses the input, the general union is used.
+    """
+    outlines = _noded_outlines(pieces)
+    try:
+        outline = shapely.coverage_union_all(outlines)
+    except shapely.errors.GEOSException:
+        outline = None
+    if outline is None or abs(outline.area - float(shapely.area(outlines).sum())) > 0.5:
+        outline = shapely.union_all(shapely.polygons(shapely.get_exterior_ring(pieces)))
+    return outline
+
+
+def _noded_outlines(pieces: np.ndarray) -> np.ndarray:
+    """The pieces' exterior rings as polygons, with a vertex added on each horizontal segment that lies on a strip
+    edge wherever another piece has a vertex on that edge (coordinates are whole pixels)."""
+    rings = shapely.get_exterior_ring(pieces)
+    coords, ring = shapely.get_coordinates(rings, return_index=True)
+    bounds = shapely.bounds(pieces)
+    edges = np.intersect1d(bounds[:, 1], bounds[:, 3])  # rows where one piece ends and another begins
+    stride = int(coords[:, 0].max()) + 2  # a vertex (x, y) on an edge is keyed y × stride + x, sortable
+    on_edge = np.isin(coords[:, 1], edges)
+    keys = np.unique(coords[on_edge, 1].astype(np.int64) * stride + coords[on_edge, 0].astype(np.int64))
+
+    n = len(coords)
+    closing = np.append(ring[1:] != ring[:-1], True)  # a ring's last point closes it and starts no segment
+    start = np.flatnonzero(~closing)
+    a, b = coords[start], coords[start + 1]
+    row = a[:, 1].astype(np.int64) * stride
+    lo = np.searchsorted(keys, row + np.minimum(a[:, 0], b[:, 0]).astype(np.int64), "right")
+    hi = np.searchsorted(keys, row + np.maximum(a[:, 0], b[:, 0]).astype(np.int64), "left")
+    along_edge = (a[:, 1] == b[:, 1]) & on_edge[start]
+    added = np.zeros(n, dtype=np.int64)  # vertices to add after each point
+    added[start] = np.where(along_edge, np.maximum(hi - lo, 0), 0)
+    if not added.any():
+        return shapely.polygons(rings)
+
+    # each point, then the keys strictly inside its segment, in the segment's direction
+    slots = 1 + added
+    point = np.repeat(np.arange(n), slots)
+    position = np.arange(int(slots.sum())) - np.repeat(np.cumsum(slots) - slots, slots)
+    first, last, forward = np.zeros(n, np.int64), np.zeros(n, np.int64), np.ones(n, bool)
+    first[start], last[start], forward[start] = lo, hi - 1, b[:, 0] > a[:, 0]
+    new = position > 0
+    owner, step = point[new], position[new] - 1
+    key = keys[np.where(forward[owner], first[owner] + step, last[owner] - step)]
+    out = coords[point]
+    out[new, 0], out[new, 1] = key % stride, key // stride
+    return shapely.polygons(shapely.linearrings(out, indices=ring[point]))

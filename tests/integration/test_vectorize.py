@@ -449,3 +449,19 @@ def test_a_truncated_class_map_fails_with_its_name_and_writes_nothing(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["truncated.tif"]
     with pytest.raises(GeoSegError, match="truncated"):
         class_areas(broken)
+
+
+def test_class_counts_take_in_values_first_met_in_a_later_strip() -> None:
+    """Strips are counted by comparing with the values met so far; a strip with a new value (a class absent
+    from the first strips, or nodata) must still be counted whole."""
+    from geoseg.polygons import _add_counts
+
+    rng = np.random.default_rng(0)
+    strips = [rng.integers(1, 3, (40, 50), dtype=np.uint8) for _ in range(3)]
+    strips[1][5, 7] = 9
+    strips[2][:, :3] = 255
+    counts, seen = np.zeros(256, dtype=np.int64), []
+    for strip in strips:
+        seen = _add_counts(counts, strip, seen)
+    assert np.array_equal(counts, np.bincount(np.concatenate([s.ravel() for s in strips]), minlength=256))
+    assert seen == [1, 2, 9, 255]

@@ -9,7 +9,7 @@ import shapely
 from affine import Affine
 from scipy import ndimage
 
-from geoseg.polygon_strips import feature_batches, region_polygons
+from geoseg.polygon_strips import _noded_outlines, _union, feature_batches, region_polygons
 
 TRANSFORM = Affine(0.5, 0, 500_000.25, 0, -0.5, 4_100_000.75)
 
@@ -86,3 +86,17 @@ def test_a_strip_of_nodata_only_closes_the_regions_above_it() -> None:
     batches = list(region_polygons(((t, classes[t : t + 2]) for t in range(0, 12, 2)), 12, Affine.identity(), 4, {255}))
     polygons = np.concatenate([b for b, _ in batches])
     assert sorted(shapely.area(polygons).tolist()) == [48.0, 72.0]
+
+
+def test_pieces_meeting_on_a_strip_edge_are_noded_into_a_coverage() -> None:
+    """A wide piece above a narrow one shares only part of the edge: the wide piece's outline gets the narrow
+    one's corners on the edge, so GEOS's coverage union (no general overlay) joins them, holes and all."""
+    above = shapely.box(0, 0, 6, 3).difference(shapely.box(1, 1, 2, 2))  # a piece with a hole, rows 0-3
+    below = shapely.box(2, 3, 4, 5)  # rows 3-5, under part of it
+    pieces = np.array([above, below], dtype=object)
+    noded = _noded_outlines(pieces)
+    assert shapely.get_num_coordinates(noded).tolist() == [7, 5]  # (2, 3) and (4, 3) added to the wide one
+    joined = shapely.coverage_union_all(noded)  # raises on outlines that are not noded
+    assert joined.equals(shapely.union_all([shapely.box(0, 0, 6, 3), below]))
+    region = _union(list(pieces))
+    assert region.area == 6 * 3 - 1 + 2 * 2 and len(region.interiors) == 1 and shapely.is_valid(region)
