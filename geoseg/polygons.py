@@ -414,8 +414,11 @@ def _add_counts(counts: np.ndarray, values: np.ndarray, seen: list[int]) -> list
 
     A class map holds a few values, and comparing a strip with each of them costs 2 ms per 16 Mpx where
     ``np.bincount`` (which widens every pixel to 64 bits first) costs 60 ms. When the values already met do
-    not account for every pixel, the strip is counted in full and the new values join them.
+    not account for every pixel, the strip is counted in full and the new values join them. The first strip
+    starts from the values of every 64th pixel.
     """
+    if not seen:
+        seen = np.unique(values.ravel()[::64]).tolist()
     if 0 < len(seen) <= _FEW_VALUES:
         each = [np.count_nonzero(values == value) for value in seen]
         if sum(each) == values.size:

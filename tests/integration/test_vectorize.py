@@ -465,3 +465,7 @@ def test_class_counts_take_in_values_first_met_in_a_later_strip() -> None:
         seen = _add_counts(counts, strip, seen)
     assert np.array_equal(counts, np.bincount(np.concatenate([s.ravel() for s in strips]), minlength=256))
     assert seen == [1, 2, 9, 255]
+    rare = np.ones((40, 50), dtype=np.uint8)
+    rare[1, 1] = 4  # not among every 64th pixel, which the first strip starts from
+    counts, seen = np.zeros(256, dtype=np.int64), []
+    assert _add_counts(counts, rare, seen) == [1, 4] and counts[1] == rare.size - 1 and counts[4] == 1
