@@ -211,11 +211,13 @@ def _torch_raw_batch(raw: RawBatch, batch_size: int, device: torch.device) -> to
     on_gpu = device.type == "cuda"
     bands, height, width = raw.windows[0].shape
     shape = (batch_size, bands, height, width)
-    values = torch.empty(shape, dtype=_torch_dtype(raw.windows[0].dtype), pin_memory=on_gpu)
+    # 16-bit windows travel as int16 bit patterns (uint16 is a half-supported torch dtype on GPUs)
+    wide = raw.windows[0].dtype == np.uint16
+    values = torch.empty(shape, dtype=torch.int16 if wide else torch.uint8, pin_memory=on_gpu)
     valid = torch.empty((batch_size, height, width), dtype=torch.bool, pin_memory=on_gpu)
     host_values, host_valid = values.numpy(), valid.numpy()
     for i, (window, mask) in enumerate(zip(raw.windows, raw.valid, strict=True)):
-        host_values[i] = window
+        host_values[i] = window.view(np.int16) if wide else window
         host_valid[i] = mask
     host_values[len(raw.windows) :] = 0
     host_valid[len(raw.windows) :] = False
@@ -227,6 +229,8 @@ def _torch_raw_batch(raw: RawBatch, batch_size: int, device: torch.device) -> to
         device, non_blocking=on_gpu
     )
     index = values.to(torch.int32)
+    if wide:
+        index.bitwise_and_(0xFFFF)  # the sign extension undone: 0..65535 again
     for band in range(bands):
         index[:, band].add_(1 + band * levels)
     index.mul_(valid.unsqueeze(1))
@@ -234,12 +238,6 @@ def _torch_raw_batch(raw: RawBatch, batch_size: int, device: torch.device) -> to
     # channels-last as _torch_batch's: with one band an NCHW tensor also counts as channels-last, and the
     # convolution would run on its NCHW strides, another algorithm with other roundings
     return torch.empty(shape, device=device, memory_format=torch.channels_last).copy_(gathered)
-
-
-def _torch_dtype(dtype: np.dtype) -> torch.dtype:
-    import torch
-
-    return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
 
 
 def _autocast(device: torch.device, precision: str):
