@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache, cached_property
 
 import numpy as np
@@ -53,6 +53,7 @@ class Contribution:
     row: int  # where ``sums`` starts in the raster
     col: int
     sums: np.ndarray  # int (classes, h, w): the windows' weighted probabilities, fixed point
+    settled: BlockResult | None = None  # the block's interior (``CoreLayout``), finished where the block ran
 
     @property
     def area(self) -> Window | None:
@@ -67,14 +68,83 @@ Piece = tuple[int, int, np.ndarray]  # (row, col) in a block, and the sums that 
 def piece_for(contribution: Contribution, block: Window, copy: bool = True) -> Piece | None:
     """The part of ``contribution`` inside ``block``: copied, since a spill into a neighbour may wait long
     after the rest is freed, unless ``copy`` is False (the contribution's own block, finished soon)."""
-    _, h, w = contribution.sums.shape
-    in_block = Window(contribution.col - block.col_off, contribution.row - block.row_off, w, h)
-    part = clip_window(in_block, int(block.height), int(block.width))
+    piece = _clipped((contribution.row, contribution.col, contribution.sums), block)
+    if piece is None or not copy:
+        return piece
+    row, col, sums = piece
+    return row, col, sums.copy()
+
+
+def _clipped(piece: Piece, window: Window) -> Piece | None:
+    """The view of ``piece`` (row, col and sums in some frame) inside ``window`` (in the same frame), with
+    row and col now relative to ``window``."""
+    row, col, sums = piece
+    part = clip_window(Window(col - window.col_off, row - window.row_off, sums.shape[2], sums.shape[1]),
+                       int(window.height), int(window.width))  # fmt: skip
     if part is None:
         return None
     inner, within = part
-    piece = contribution.sums[(slice(None), *within)]
-    return int(inner.row_off), int(inner.col_off), piece.copy() if copy else piece
+    return int(inner.row_off), int(inner.col_off), sums[(slice(None), *within)]
+
+
+@dataclass(frozen=True)
+class CoreLayout:
+    """A block split by where its sums come from. Other blocks' windows reach only its top rows and left
+    columns (blocks own the windows whose origin they hold, and windows reach right and down), so the
+    rest, the interior, is complete once the block itself has run and is finished there and then (uint8,
+    a sixteenth of the int sums): what waits for the neighbours is an L of sums, not the whole block's."""
+
+    core: Window
+    interior: Window | None
+    pending: tuple[Window, ...]  # the top band and the left band below it (empty ones left out)
+
+
+def core_layout(core: Window, reaching: Sequence[Window | None]) -> CoreLayout:
+    """Where other blocks' ``reaching`` areas fall in ``core``: a top band and a left band."""
+    top, left = int(core.row_off), int(core.col_off)
+    height, width = int(core.height), int(core.width)
+    band = depth = 0  # rows from the top, columns from the left, that other blocks reach
+    for area in reaching:
+        if area is None:
+            continue
+        if int(area.row_off) < top:  # from a block above: down to its bottom edge
+            band = max(band, min(int(area.row_off + area.height), top + height) - top)
+        else:  # from a block to the left, in this row of blocks: up to its right edge
+            depth = max(depth, min(int(area.col_off + area.width), left + width) - left)
+    windows = [Window(left, top, width, band), Window(left, top + band, depth, height - band)]
+    interior = Window(left + depth, top + band, width - depth, height - band)
+    return CoreLayout(
+        core,
+        interior if interior.width > 0 and interior.height > 0 else None,
+        tuple(w for w in windows if w.width > 0 and w.height > 0),
+    )
+
+
+def finish_interior(
+    contribution: Contribution, layout: CoreLayout, spec: InferenceSpec, confidence: bool
+) -> BlockResult | None:
+    """The block's interior finished from its own sums alone (None when it has none)."""
+    if layout.interior is None:
+        return None
+    own = piece_for(contribution, layout.interior, copy=False)
+    valid = cut(contribution.valid, layout.core, layout.interior)
+    return finish_block(layout.interior, [own] if own else [], valid, spec, confidence)
+
+
+def settle(contribution: Contribution, layout: CoreLayout, spec: InferenceSpec, confidence: bool) -> Contribution:
+    """``contribution`` with its interior finished, where the block ran (the worker, not the one writer)."""
+    return replace(contribution, settled=finish_interior(contribution, layout, spec, confidence))
+
+
+def cut(array: np.ndarray, core: Window, window: Window) -> np.ndarray:
+    """The part of a core-shaped ``array`` under ``window``."""
+    rows, cols = core_slices(core, window)
+    return array[..., rows, cols]
+
+
+def core_slices(core: Window, window: Window) -> tuple[slice, slice]:
+    r0, c0 = int(window.row_off - core.row_off), int(window.col_off - core.col_off)
+    return slice(r0, r0 + int(window.height)), slice(c0, c0 + int(window.width))
 
 
 def finish_block(
@@ -100,6 +170,21 @@ def finish_block(
         total = np.maximum(sums.sum(axis=0, dtype=np.int64), 1)
         probability = (chosen.astype(np.float64) / total).astype(np.float32)
         np.copyto(probability, 0.0, where=invalid)
+    return BlockResult(classes, probability)
+
+
+def stitched(core: Window, parts: Sequence[tuple[Window | None, BlockResult | None]], confidence: bool) -> BlockResult:
+    """One block's result from the results of the windows that tile it."""
+    shape = (int(core.height), int(core.width))
+    classes = np.empty(shape, dtype=np.uint8)
+    probability = np.empty(shape, dtype=np.float32) if confidence else None
+    for window, result in parts:
+        if window is None or result is None:
+            continue
+        rows, cols = core_slices(core, window)
+        classes[rows, cols] = result.classes
+        if probability is not None and result.confidence is not None:
+            probability[rows, cols] = result.confidence
     return BlockResult(classes, probability)
 
 
@@ -270,16 +355,27 @@ class Assembler:
         self.grid = BlockGrid(tuple(row_edges), tuple(col_edges))
         self._index = self.grid.blocks
         self.blocks = list(self._index.values())
-        sources = self.grid.sources(self.grid.reaches(raster_shape, spec.tile, spec.overlap))
+        reaches = self.grid.reaches(raster_shape, spec.tile, spec.overlap)
+        sources = self.grid.sources(reaches)
+        self.layouts = {key: core_layout(self._index[key], [reaches[k] for k in reaching])
+                        for key, reaching in sources.items()}  # fmt: skip
         self._waiting = {key: 1 + len(reaching) for key, reaching in sources.items()}  # +1: the block's own report
         # Pieces received per block, kept as copies of just the area they cover: a spill from the block
         # above is only a tile's rows deep, and it waits a whole row of blocks before it is used.
         self._pieces: dict[tuple[int, int], list[Piece]] = {}
         self._valid: dict[tuple[int, int], np.ndarray] = {}
+        self._settled: dict[tuple[int, int], BlockResult] = {}
+
+    def layout(self, block: Window) -> CoreLayout:
+        """``block``'s interior and pending bands (``settle`` a contribution with it where it runs)."""
+        return self.layouts[self.grid.key(block)]
 
     def add(self, contribution: Contribution) -> list[tuple[Window, BlockResult]]:
+        """Takes a block's contribution, settled (``settle``) or not; returns the blocks it completes."""
         own = self.grid.key(contribution.core)
         self._valid[own] = contribution.valid
+        if contribution.settled is not None:
+            self._settled[own] = contribution.settled
         touched = {own}
         for key in self.grid.overlapped(contribution.area) if contribution.area is not None else []:
             piece = piece_for(contribution, self._index[key], copy=key != own)
@@ -300,7 +396,19 @@ class Assembler:
     def _finish(self, key: tuple[int, int]) -> BlockResult:
         block = self._index[key]
         pieces = self._pieces.pop(key, [])  # copies, or a view of the block's own contribution, used once
-        return finish_block(block, pieces, self._valid.pop(key), self.spec, self.confidence, owned=True)
+        valid = self._valid.pop(key)
+        settled = self._settled.pop(key, None)
+        if settled is None:
+            return finish_block(block, pieces, valid, self.spec, self.confidence, owned=True)
+        layout = self.layouts[key]
+        parts = [(layout.interior, settled)]
+        for window in layout.pending:
+            relative = Window(window.col_off - block.col_off, window.row_off - block.row_off, window.width,
+                              window.height)  # fmt: skip
+            clipped = [c for c in (_clipped(piece, relative) for piece in pieces) if c is not None]
+            part = finish_block(window, clipped, cut(valid, block, window), self.spec, self.confidence, owned=True)
+            parts.append((window, part))
+        return stitched(block, parts, self.confidence)
 
 
 def block_layout(

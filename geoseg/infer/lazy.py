@@ -18,7 +18,6 @@ the same for any chunking and scheduler, and equal to `geoseg infer`'s.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import dask
 import dask.array as da
@@ -27,23 +26,23 @@ from dask.delayed import Delayed
 from rasterio.windows import Window
 
 from geoseg.config import IGNORE_INDEX
-from geoseg.infer.assemble import BlockGrid, Contribution, Piece, block_span, finish_block, piece_for
+from geoseg.infer.assemble import (
+    BlockGrid,
+    Contribution,
+    CoreLayout,
+    Piece,
+    block_span,
+    core_layout,
+    cut,
+    finish_block,
+    finish_interior,
+    piece_for,
+    stitched,
+)
 from geoseg.infer.block import ModelSource, segment_block
 from geoseg.infer.engine import BlockResult, InferenceSpec, slice_padded
 from geoseg.io.raster import cap_gdal_cache, clip_window
 from geoseg.memory import release_free_memory
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """A chunk split by where its sums come from. Other blocks' windows reach only its top rows and left
-    columns (blocks own the windows whose origin they hold, and windows reach right and down), so the
-    rest, the interior, is complete once the chunk's own block has run and is finished right away:
-    what waits for the neighbours is an L of int sums, not the whole chunk's."""
-
-    core: Window
-    interior: Window | None
-    pending: tuple[Window, ...]  # the top band and the left band below it (empty ones left out)
 
 
 def segment_array(
@@ -62,7 +61,7 @@ def segment_array(
     cores = grid.blocks
     areas = grid.reaches(shape, spec.tile, spec.overlap)
     sources = grid.sources(areas)  # the blocks whose windows reach into each chunk
-    layouts = {key: _layout(cores[key], [areas[k] for k in sources[key]]) for key in cores}
+    layouts = {key: core_layout(cores[key], [areas[k] for k in sources[key]]) for key in cores}
     contributions: dict[tuple[int, int], Delayed] = {}
     for key, core in cores.items():
         span = _inside(block_span(core, shape, spec.tile, spec.overlap), shape)
@@ -77,27 +76,6 @@ def segment_array(
     classes = _assemble(results, grid, "classes", np.uint8)
     probability = _assemble(results, grid, "confidence", np.float32) if confidence else None
     return classes, probability
-
-
-def _layout(core: Window, reaching: list[Window | None]) -> _Layout:
-    """Where other blocks' ``reaching`` areas fall in ``core``: a top band and a left band."""
-    top, left = int(core.row_off), int(core.col_off)
-    height, width = int(core.height), int(core.width)
-    band = depth = 0  # rows from the top, columns from the left, that other blocks reach
-    for area in reaching:
-        if area is None:
-            continue
-        if int(area.row_off) < top:  # from a block above: down to its bottom edge
-            band = max(band, min(int(area.row_off + area.height), top + height) - top)
-        else:  # from a block to the left, in this row of blocks: up to its right edge
-            depth = max(depth, min(int(area.col_off + area.width), left + width) - left)
-    windows = [Window(left, top, width, band), Window(left, top + band, depth, height - band)]
-    interior = Window(left + depth, top + band, width - depth, height - band)
-    return _Layout(
-        core,
-        interior if interior.width > 0 and interior.height > 0 else None,
-        tuple(w for w in windows if w.width > 0 and w.height > 0),
-    )
 
 
 def _contribution(
@@ -126,15 +104,11 @@ def _contribution(
 Settled = tuple[BlockResult | None, list[Piece | None], list[np.ndarray]]
 
 
-def _settle(contribution: Contribution, layout: _Layout, spec: InferenceSpec, confidence: bool) -> Settled:
+def _settle(contribution: Contribution, layout: CoreLayout, spec: InferenceSpec, confidence: bool) -> Settled:
     """The chunk's interior finished; its own sums and validity over the parts still waiting."""
-    interior = None
-    if layout.interior is not None:
-        own = piece_for(contribution, layout.interior)
-        interior = finish_block(layout.interior, [own] if own else [], _cut(contribution.valid, layout.core,
-                                layout.interior), spec, confidence)  # fmt: skip
+    interior = finish_interior(contribution, layout, spec, confidence)
     waiting = _pieces_for(contribution, layout.pending)
-    valid = [_cut(contribution.valid, layout.core, window) for window in layout.pending]
+    valid = [cut(contribution.valid, layout.core, window) for window in layout.pending]
     return interior, waiting, valid
 
 
@@ -143,34 +117,15 @@ def _pieces_for(contribution: Contribution, windows: tuple[Window, ...]) -> list
 
 
 def _finish(
-    layout: _Layout, settled: Settled, received: list[list[Piece | None]], spec: InferenceSpec, confidence: bool
+    layout: CoreLayout, settled: Settled, received: list[list[Piece | None]], spec: InferenceSpec, confidence: bool
 ) -> BlockResult:
     """The chunk: its interior as settled, and each waiting part from every piece that reaches it."""
     interior, waiting, valid = settled
-    height, width = int(layout.core.height), int(layout.core.width)
-    classes = np.empty((height, width), dtype=np.uint8)
-    probability = np.empty((height, width), dtype=np.float32) if confidence else None
-    parts = [(layout.interior, interior)] if layout.interior is not None else []
+    parts = [(layout.interior, interior)]
     for k, window in enumerate(layout.pending):
         pieces = [p for p in (waiting[k], *(r[k] for r in received)) if p is not None]
         parts.append((window, finish_block(window, pieces, valid[k], spec, confidence)))
-    for window, result in parts:
-        rows, cols = _slices(layout.core, window)
-        classes[rows, cols] = result.classes
-        if probability is not None:
-            probability[rows, cols] = result.confidence
-    return BlockResult(classes, probability)
-
-
-def _cut(array: np.ndarray, core: Window, window: Window) -> np.ndarray:
-    """The part of a core-shaped ``array`` under ``window``."""
-    rows, cols = _slices(core, window)
-    return array[rows, cols]
-
-
-def _slices(core: Window, window: Window) -> tuple[slice, slice]:
-    r0, c0 = int(window.row_off - core.row_off), int(window.col_off - core.col_off)
-    return slice(r0, r0 + int(window.height)), slice(c0, c0 + int(window.width))
+    return stitched(layout.core, parts, confidence)
 
 
 def _classes(result: BlockResult) -> np.ndarray:

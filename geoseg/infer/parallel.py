@@ -28,7 +28,7 @@ from rasterio.windows import transform as window_transform
 from shapely.geometry.base import BaseGeometry
 
 from geoseg.device import resolve_device
-from geoseg.infer.assemble import Contribution
+from geoseg.infer.assemble import Contribution, CoreLayout, settle
 from geoseg.infer.block import ModelSource, segment_block
 from geoseg.infer.cluster import ClusterOptions, dask_client
 from geoseg.infer.engine import InferenceSpec
@@ -52,6 +52,8 @@ class BlockJob:
     raster_shape: tuple[int, int]
     aoi: BaseGeometry | None  # in the mosaic's CRS; outside it the class map is nodata
     bundle_version: str = ""  # geoseg.model.bundle.bundle_version: a rewritten bundle is loaded afresh
+    layout: CoreLayout | None = None  # where the block's interior lies: finished here (``assemble.settle``)
+    confidence: bool = False  # whether the settled interior carries confidence
 
 
 def run_block(job: BlockJob) -> Contribution:
@@ -71,9 +73,11 @@ def run_block(job: BlockJob) -> Contribution:
             transform = window_transform(window, ds.transform)
             return features.geometry_mask([job.aoi], out_shape=shape, transform=transform, invert=True)
 
-        return segment_block(
+        contribution = segment_block(
             model, read, job.window, job.raster_shape, spec, inside_aoi if job.aoi is not None else None
         )
+    # the interior's argmax runs here, beside the other blocks, instead of in the one writer after them
+    return settle(contribution, job.layout, spec, job.confidence) if job.layout is not None else contribution
 
 
 def on_this_worker(device: str, spec: InferenceSpec) -> tuple[str, InferenceSpec]:

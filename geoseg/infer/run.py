@@ -131,7 +131,7 @@ def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str
     version = bundle_version(bundle_path)
     jobs = [
         BlockJob(str(mosaic), str(Path(bundle_path).resolve()), device, spec, tuple(meta.bands), window,
-                 (grid.height, grid.width), aoi, version)
+                 (grid.height, grid.width), aoi, version, assembler.layout(window), confidence)
         for window in assembler.blocks
     ]  # fmt: skip
     tags = {"GEOSEG_INPUT": json.dumps({"normalization": normalization.to_json(),

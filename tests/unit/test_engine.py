@@ -160,6 +160,43 @@ def test_blocks_assemble_to_the_whole_image_result(tile: int, overlap: int, bloc
     assert expected <= windows_run <= expected + 2 * len(assembler.blocks)
 
 
+@pytest.mark.parametrize("block", [17, 40, 64, 1000])
+def test_interiors_settled_where_blocks_run_give_the_same_blocks(block: int) -> None:
+    """A block's interior, which no other block's windows reach, is finished beside the network
+    (``assemble.settle``) and only its top and left bands wait for the neighbours: classes and
+    confidence must be those of finishing the whole block in the writer."""
+    from rasterio.windows import Window
+
+    from geoseg.infer.assemble import Assembler, block_contribution, settle
+    from geoseg.infer.engine import InferenceSpec, slice_padded
+
+    h, w = 113, 149
+    raw, valid = _image(h, w, seed=5), np.ones((h, w), dtype=bool)
+    valid[40:60, 100:] = False
+    model, spec = PerPixel(), InferenceSpec(NORM, CLASS_IDS, 48, 20, batch_size=2)
+
+    def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
+        return slice_padded(raw, valid, window)
+
+    maps = []
+    for settled in (False, True):
+        assembler = Assembler((h, w), block, spec, confidence=True)
+        classes, confidence = np.zeros((h, w), np.uint8), np.zeros((h, w), np.float32)
+        for core in assembler.blocks:
+            contribution = block_contribution(model, read, core, (h, w), spec)
+            if settled:
+                contribution = settle(contribution, assembler.layout(core), spec, confidence=True)
+                assert contribution.settled is not None or assembler.layout(core).interior is None
+            for window, result in assembler.add(contribution):
+                rows, cols = window.toslices()
+                classes[rows, cols], confidence[rows, cols] = result.classes, result.confidence
+        assert assembler.complete
+        maps.append((classes, confidence))
+    assert np.array_equal(maps[1][0], maps[0][0]) and np.array_equal(maps[0][0], _whole(model, raw, valid))
+    assert np.array_equal(maps[1][1].view(np.uint32), maps[0][1].view(np.uint32))
+    assert 0.3 < float(maps[0][1][valid].mean()) < 1.0
+
+
 def test_first_maximum_is_argmax_with_ties_to_the_first_class() -> None:
     from geoseg.infer.assemble import first_maximum
 
