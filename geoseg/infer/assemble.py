@@ -28,7 +28,7 @@ from geoseg.infer.engine import BlockResult, InferenceSpec, Reader, forward_wind
 from geoseg.infer.windows import blend_weights
 from geoseg.io.raster import clip_window
 from geoseg.io.tiling import grid_offsets
-from geoseg.model.forward import Network
+from geoseg.model.forward import ArrayNetwork, Network, device_finish, device_zeros, host_copy
 
 FIXED_POINT = np.float32(2.0**24)
 
@@ -129,11 +129,6 @@ def finish_interior(
     own = piece_for(contribution, layout.interior, copy=False)
     valid = cut(contribution.valid, layout.core, layout.interior)
     return finish_block(layout.interior, [own] if own else [], valid, spec, confidence)
-
-
-def settle(contribution: Contribution, layout: CoreLayout, spec: InferenceSpec, confidence: bool) -> Contribution:
-    """``contribution`` with its interior finished, where the block ran (the worker, not the one writer)."""
-    return replace(contribution, settled=finish_interior(contribution, layout, spec, confidence))
 
 
 def cut(array: np.ndarray, core: Window, window: Window) -> np.ndarray:
@@ -267,10 +262,16 @@ def block_contribution(
     raster_shape: tuple[int, int],
     spec: InferenceSpec,
     region: Callable[[Window], np.ndarray] | None = None,
+    layout: CoreLayout | None = None,
+    confidence: bool = False,
 ) -> Contribution:
     """The block's own windows, blended. ``region(window)`` (e.g. an AOI) limits where output is wanted:
     windows without a valid pixel inside it are skipped, and the block's pixels outside it are nodata.
     The model still sees the real pixels around the region, so its edge gets no artificial border.
+
+    A torch network's sums are added up on its device. With ``layout`` the block's interior is finished
+    there too (with ``confidence`` if asked), and what comes back is its class ids and the sums of the
+    rest only (``Contribution.settled``).
     """
     tile = spec.tile
     origins = owned_origins(core, raster_shape, tile, spec.overlap)
@@ -290,16 +291,41 @@ def block_contribution(
     runnable = [(r, c) for r, c in origins if wanted[r - top : r - top + tile, c - left : c - left + tile].any()]
     a_row, a_col = int(area.row_off), int(area.col_off)
     dtype = accumulator_dtype(tile, spec.overlap)
-    sums = np.zeros((n, int(area.height), int(area.width)), dtype=dtype)
+    shape = (n, int(area.height), int(area.width))
+    on_network = not isinstance(model, ArrayNetwork)
+    sums = device_zeros(model, shape, dtype) if on_network else np.zeros(shape, dtype=dtype)
     weights = fixed_point_weights(tile)
     raw_valid = valid if on_device else None
-    for chunk, weighted in forward_windows(model, image, top, left, runnable, spec, weights, dtype, raw_valid):
+    windows = forward_windows(model, image, top, left, runnable, spec, weights, dtype, raw_valid, keep=on_network)
+    for chunk, weighted in windows:
         for (r, c), contribution in zip(chunk, weighted, strict=True):
-            h = min(tile, a_row + sums.shape[1] - r)
-            w = min(tile, a_col + sums.shape[2] - c)
+            h = min(tile, a_row + shape[1] - r)
+            w = min(tile, a_col + shape[2] - c)
             sums[:, r - a_row : r - a_row + h, c - a_col : c - a_col + w] += contribution[:, :h, :w]
     core_valid = wanted[: int(core.height), : int(core.width)]
-    return Contribution(core, core_valid, a_row, a_col, sums)
+    if not on_network:
+        plain = Contribution(core, core_valid, a_row, a_col, sums)
+        return replace(plain, settled=finish_interior(plain, layout, spec, confidence)) if layout else plain
+    interior = _interior_in(area, layout)
+    if interior is None:
+        return Contribution(core, core_valid, a_row, a_col, host_copy(sums))
+    assert layout is not None and layout.interior is not None
+    valid_inside = cut(core_valid, core, layout.interior)
+    classes, share = device_finish(sums[:, interior[0], interior[1]], spec.class_ids, valid_inside, confidence,
+                                   IGNORE_INDEX)  # fmt: skip
+    return Contribution(core, core_valid, a_row, a_col, host_copy(sums, interior), BlockResult(classes, share))
+
+
+def _interior_in(area: Window, layout: CoreLayout | None) -> tuple[slice, slice] | None:
+    """Where ``layout``'s interior lies in the sums over ``area``, if it has one (always inside: each of its
+    pixels is covered by a window, and by this block's windows alone)."""
+    if layout is None or layout.interior is None:
+        return None
+    row, col = int(layout.interior.row_off - area.row_off), int(layout.interior.col_off - area.col_off)
+    rows, cols = slice(row, row + int(layout.interior.height)), slice(col, col + int(layout.interior.width))
+    inside = row >= 0 and col >= 0 and rows.stop <= int(area.height) and cols.stop <= int(area.width)
+    assert inside, "a block's interior lies within its own windows"
+    return rows, cols
 
 
 @dataclass(frozen=True)

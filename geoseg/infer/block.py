@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from rasterio.windows import Window
 
-from geoseg.infer.assemble import Contribution, block_contribution
+from geoseg.infer.assemble import Contribution, CoreLayout, block_contribution
 from geoseg.infer.engine import InferenceSpec, Reader
 from geoseg.model.bundle import Bundle, load_bundle
 from geoseg.model.forward import ArrayNetwork, Network, folded_batch_norms, one_intra_op_thread
@@ -70,8 +70,11 @@ def segment_block(
     raster_shape: tuple[int, int],
     spec: InferenceSpec,
     region: Callable[[Window], np.ndarray] | None = None,
+    layout: CoreLayout | None = None,
+    confidence: bool = False,
 ) -> Contribution:
-    """The windows ``core`` owns, blended into a fixed-point contribution (see ``assemble.py``)."""
+    """The windows ``core`` owns, blended into a fixed-point contribution (see ``assemble.py``); with
+    ``layout``, its interior finished."""
     network = model.network()  # loaded first: one_cpu_thread sets torch's threads only once torch is imported
     with one_cpu_thread(model.device):
-        return block_contribution(network, read, core, raster_shape, spec, region)
+        return block_contribution(network, read, core, raster_shape, spec, region, layout, confidence)

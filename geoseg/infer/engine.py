@@ -49,12 +49,14 @@ def forward_windows(
     weights: np.ndarray,
     dtype: np.dtype,
     raw_valid: np.ndarray | None = None,
+    keep: bool = False,
 ):
     """Per window of ``image`` (its corner at ``top, left``), ``spec.batch_size`` at a time: the softmax
     probabilities times ``weights``, rounded to ``dtype`` integers (``model.forward.batch_weighted``).
 
     ``image`` is normalized, or with ``raw_valid`` (its valid mask) raw 8- or 16-bit pixels, which travel to
-    the network as they are and are normalized there (``model.forward.RawBatch``).
+    the network as they are and are normalized there (``model.forward.RawBatch``). With ``keep``, a torch
+    network's integers stay on its device.
     """
     tile = spec.tile
     table = spec.normalization.value_table(image.dtype) if raw_valid is not None else None
@@ -63,7 +65,7 @@ def forward_windows(
         windows: Windows = [image[:, rows, cols] for rows, cols in cuts]
         if table is not None and raw_valid is not None:
             windows = RawBatch(windows, [raw_valid[rows, cols] for rows, cols in cuts], table)
-        yield chunk, batch_weighted(model, windows, spec.batch_size, weights, dtype, spec.precision, spec.tta)
+        yield chunk, batch_weighted(model, windows, spec.batch_size, weights, dtype, spec.precision, spec.tta, keep)
 
 
 def normalized_on_device(normalization: Normalization, raw: np.ndarray) -> bool:

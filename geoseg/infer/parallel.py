@@ -28,7 +28,7 @@ from rasterio.windows import transform as window_transform
 from shapely.geometry.base import BaseGeometry
 
 from geoseg.device import resolve_device
-from geoseg.infer.assemble import Contribution, CoreLayout, settle
+from geoseg.infer.assemble import Contribution, CoreLayout
 from geoseg.infer.block import ModelSource, segment_block
 from geoseg.infer.cluster import ClusterOptions, dask_client
 from geoseg.infer.engine import InferenceSpec
@@ -73,11 +73,9 @@ def run_block(job: BlockJob) -> Contribution:
             transform = window_transform(window, ds.transform)
             return features.geometry_mask([job.aoi], out_shape=shape, transform=transform, invert=True)
 
-        contribution = segment_block(
-            model, read, job.window, job.raster_shape, spec, inside_aoi if job.aoi is not None else None
-        )
-    # the interior's argmax runs here, beside the other blocks, instead of in the one writer after them
-    return settle(contribution, job.layout, spec, job.confidence) if job.layout is not None else contribution
+        # the interior is finished here, where the network runs, instead of in the one writer after the blocks
+        region = inside_aoi if job.aoi is not None else None
+        return segment_block(model, read, job.window, job.raster_shape, spec, region, job.layout, job.confidence)
 
 
 def on_this_worker(device: str, spec: InferenceSpec) -> tuple[str, InferenceSpec]:

@@ -128,8 +128,10 @@ def batch_weighted(
     dtype: np.dtype,
     precision: str = "fp32",
     tta: bool = False,
-) -> np.ndarray:
+    keep: bool = False,
+) -> np.ndarray | torch.Tensor:
     """``rint(probabilities × weights)`` as ``dtype`` integers (n, classes, h, w), ``weights`` float32 (h, w).
+    With ``keep``, a torch network's integers stay on its device as a tensor (``device_zeros`` takes them).
 
     Bit for bit ``np.rint(batch_probabilities(...) * weights).astype(dtype)``: one float32 product and a
     round half to even, in torch and numpy alike. On a torch network it is computed where the network
@@ -138,7 +140,8 @@ def batch_weighted(
     if isinstance(model, ArrayNetwork):
         probabilities = batch_probabilities(model, windows, batch_size, precision, tta)
         return np.rint(probabilities * weights).astype(dtype)
-    return _torch_outputs(model, windows, batch_size, precision, tta, (weights, np.dtype(dtype)))[: _count(windows)]
+    weighted = (weights, np.dtype(dtype))
+    return _torch_outputs(model, windows, batch_size, precision, tta, weighted, keep)[: _count(windows)]
 
 
 def _count(windows: Windows) -> int:
@@ -161,8 +164,10 @@ def _torch_outputs(
     precision: str,
     tta: bool,
     weighted: tuple[np.ndarray, np.dtype] | None = None,
-) -> np.ndarray:
-    """Probabilities, or with ``weighted`` (weights, integer dtype) the rounded weighted probabilities."""
+    keep: bool = False,
+) -> np.ndarray | torch.Tensor:
+    """Probabilities, or with ``weighted`` (weights, integer dtype) the rounded weighted probabilities, left on
+    the device with ``keep``."""
     import torch
 
     from geoseg.tta import averaged_probabilities
@@ -186,7 +191,61 @@ def _torch_outputs(
         probabilities.mul_(torch.from_numpy(weights).to(device)).round_()
         # one pass to integers and to channels-first; the values are whole numbers, so the cast is exact
         integers = torch.empty(probabilities.shape, dtype=getattr(torch, dtype.name), device=device)
-        return integers.copy_(probabilities).cpu().numpy()
+        integers.copy_(probabilities)
+        return integers if keep else integers.cpu().numpy()
+
+
+def device_zeros(model: torch.nn.Module, shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+    """Integer zeros on ``model``'s device: a block's fixed-point sums, added to where the windows are made."""
+    import torch
+
+    return torch.zeros(shape, dtype=getattr(torch, np.dtype(dtype).name), device=next(model.parameters()).device)
+
+
+def device_finish(
+    sums: torch.Tensor, labels: Sequence[int], valid: np.ndarray, confidence: bool, ignore: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class ids (uint8, ``ignore`` where not ``valid``) and, if asked, the chosen class's share of the sums,
+    computed where ``sums`` (classes, h, w) lie, so only these come back to the host.
+
+    The rule of ``assemble.finish_block``, bit for bit: the first class with the largest sum; the share in
+    float64, rounded to float32, 0 where not valid.
+    """
+    import torch
+
+    best = torch.full(sums.shape[1:], labels[0], dtype=torch.uint8, device=sums.device)
+    top = sums[0].clone()
+    for k in range(1, len(sums)):
+        better = sums[k] > top
+        best.masked_fill_(better, labels[k])
+        torch.maximum(top, sums[k], out=top)
+    invalid = torch.from_numpy(~valid).to(sums.device)
+    classes = best.masked_fill_(invalid, ignore).cpu().numpy()
+    if not confidence:
+        return classes, None
+    total = sums.sum(dim=0, dtype=torch.int64).clamp_(min=1)
+    share = (top.double() / total.double()).float().masked_fill_(invalid, 0.0)
+    return classes, share.cpu().numpy()
+
+
+def host_copy(sums: torch.Tensor, skip: tuple[slice, slice] | None = None) -> np.ndarray:
+    """``sums`` on the host; with ``skip`` (rows, columns), that rectangle is left 0 and not copied (a
+    settled interior: what comes back from the device is only what the neighbours still need)."""
+    if skip is None:
+        return sums.cpu().numpy()
+    host = np.zeros(tuple(sums.shape), dtype=str(sums.dtype).removeprefix("torch."))
+    rows, cols = skip
+    height, width = sums.shape[1:]
+    for part_rows, part_cols in (
+        (slice(0, rows.start), slice(0, width)),
+        (slice(rows.stop, height), slice(0, width)),
+        (rows, slice(0, cols.start)),
+        (rows, slice(cols.stop, width)),
+    ):
+        part = sums[:, part_rows, part_cols]
+        if part.numel():
+            host[:, part_rows, part_cols] = part.cpu().numpy()
+    return host
 
 
 def _torch_batch(windows: Sequence[np.ndarray], batch_size: int, device: torch.device) -> torch.Tensor:

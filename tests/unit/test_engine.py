@@ -162,12 +162,12 @@ def test_blocks_assemble_to_the_whole_image_result(tile: int, overlap: int, bloc
 
 @pytest.mark.parametrize("block", [17, 40, 64, 1000])
 def test_interiors_settled_where_blocks_run_give_the_same_blocks(block: int) -> None:
-    """A block's interior, which no other block's windows reach, is finished beside the network
-    (``assemble.settle``) and only its top and left bands wait for the neighbours: classes and
-    confidence must be those of finishing the whole block in the writer."""
+    """A block's interior, which no other block's windows reach, is finished where the network runs (in
+    torch, from sums added up there) and only its top and left bands wait for the neighbours: classes and
+    confidence must be those of finishing the whole block in the writer (numpy)."""
     from rasterio.windows import Window
 
-    from geoseg.infer.assemble import Assembler, block_contribution, settle
+    from geoseg.infer.assemble import Assembler, block_contribution
     from geoseg.infer.engine import InferenceSpec, slice_padded
 
     h, w = 113, 149
@@ -183,10 +183,9 @@ def test_interiors_settled_where_blocks_run_give_the_same_blocks(block: int) -> 
         assembler = Assembler((h, w), block, spec, confidence=True)
         classes, confidence = np.zeros((h, w), np.uint8), np.zeros((h, w), np.float32)
         for core in assembler.blocks:
-            contribution = block_contribution(model, read, core, (h, w), spec)
-            if settled:
-                contribution = settle(contribution, assembler.layout(core), spec, confidence=True)
-                assert contribution.settled is not None or assembler.layout(core).interior is None
+            layout = assembler.layout(core) if settled else None
+            contribution = block_contribution(model, read, core, (h, w), spec, layout=layout, confidence=True)
+            assert (contribution.settled is not None) == (settled and layout.interior is not None)
             for window, result in assembler.add(contribution):
                 rows, cols = window.toslices()
                 classes[rows, cols], confidence[rows, cols] = result.classes, result.confidence
