@@ -162,9 +162,9 @@ def test_blocks_assemble_to_the_whole_image_result(tile: int, overlap: int, bloc
 
 @pytest.mark.parametrize("block", [17, 40, 64, 1000])
 def test_interiors_settled_where_blocks_run_give_the_same_blocks(block: int) -> None:
-    """A block's interior, which no other block's windows reach, is finished where the network runs (in
-    torch, from sums added up there) and only its top and left bands wait for the neighbours: classes and
-    confidence must be those of finishing the whole block in the writer (numpy)."""
+    """A block's interior, which no other block's windows reach, is finished where the block runs (from
+    sums added up in torch) and only its top and left bands wait for the neighbours: classes and
+    confidence must be those of finishing the whole block in the writer."""
     from rasterio.windows import Window
 
     from geoseg.infer.assemble import Assembler, block_contribution
@@ -206,3 +206,27 @@ def test_first_maximum_is_argmax_with_ties_to_the_first_class() -> None:
     assert classes.dtype == np.uint8
     assert np.array_equal(classes, np.asarray(labels, dtype=np.uint8)[sums.argmax(axis=0)])
     assert np.array_equal(top, sums.max(axis=0))
+
+
+@pytest.mark.parametrize("confidence", [False, True])
+def test_finishing_on_the_device_follows_the_writers_rule(confidence: bool) -> None:
+    """On a GPU a block's interior is finished in torch (``device_finish``); here the same function runs on
+    CPU tensors and must give ``finish_block``'s classes and confidence bit for bit, ties and nodata included."""
+    from rasterio.windows import Window
+
+    from geoseg.infer.assemble import finish_block
+    from geoseg.infer.engine import InferenceSpec
+    from geoseg.model.forward import device_finish
+
+    rng = np.random.default_rng(11)
+    sums = rng.integers(0, 6, (3, 50, 70)).astype(np.int32) * 2**22  # few values: many ties
+    valid = rng.random((50, 70)) > 0.1
+    spec = InferenceSpec(NORM, CLASS_IDS, 48, 20)
+    expected = finish_block(Window(0, 0, 70, 50), [(0, 0, sums.copy())], valid, spec, confidence)
+    classes, share = device_finish(torch.from_numpy(sums), CLASS_IDS, valid, confidence, IGNORE_INDEX)
+    assert np.array_equal(classes, expected.classes) and (classes == IGNORE_INDEX).sum() == (~valid).sum()
+    if confidence:
+        assert share is not None and expected.confidence is not None
+        assert np.array_equal(share.view(np.uint32), expected.confidence.view(np.uint32))
+    else:
+        assert share is None
