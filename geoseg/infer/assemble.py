@@ -264,6 +264,7 @@ def block_contribution(
     region: Callable[[Window], np.ndarray] | None = None,
     layout: CoreLayout | None = None,
     confidence: bool = False,
+    finish_in_torch: bool | None = None,
 ) -> Contribution:
     """The block's own windows, blended. ``region(window)`` (e.g. an AOI) limits where output is wanted:
     windows without a valid pixel inside it are skipped, and the block's pixels outside it are nodata.
@@ -272,6 +273,7 @@ def block_contribution(
     A torch network's sums are added up on its device. With ``layout`` the block's interior is finished
     (with ``confidence`` if asked) where the block runs: on a GPU in torch, so that what comes back is its
     class ids and the sums of the rest only; on the CPU in numpy, on the same memory (``Contribution.settled``).
+    ``finish_in_torch`` overrides that choice (tests run the GPU's way on the CPU).
     """
     tile = spec.tile
     origins = owned_origins(core, raster_shape, tile, spec.overlap)
@@ -303,8 +305,10 @@ def block_contribution(
             w = min(tile, a_col + shape[2] - c)
             sums[:, r - a_row : r - a_row + h, c - a_col : c - a_col + w] += contribution[:, :h, :w]
     core_valid = wanted[: int(core.height), : int(core.width)]
-    if not isinstance(sums, np.ndarray) and sums.device.type == "cpu":
-        sums = sums.numpy()  # the same memory; numpy finishes a block 7× faster than torch on the CPU
+    if finish_in_torch is None:
+        finish_in_torch = not isinstance(sums, np.ndarray) and sums.device.type != "cpu"
+    if not isinstance(sums, np.ndarray) and not finish_in_torch:
+        sums = host_copy(sums)  # on the CPU the same memory: numpy finishes a block 7× faster than torch there
     if isinstance(sums, np.ndarray):
         plain = Contribution(core, core_valid, a_row, a_col, sums)
         return replace(plain, settled=finish_interior(plain, layout, spec, confidence)) if layout else plain

@@ -232,7 +232,7 @@ def host_copy(sums: torch.Tensor, skip: tuple[slice, slice] | None = None) -> np
     """``sums`` on the host; with ``skip`` (rows, columns), that rectangle is left 0 and not copied (a
     settled interior: what comes back from the device is only what the neighbours still need)."""
     if skip is None:
-        return sums.cpu().numpy()
+        return sums.cpu().numpy()  # on the CPU the tensor's own memory, no copy
     host = np.zeros(tuple(sums.shape), dtype=str(sums.dtype).removeprefix("torch."))
     rows, cols = skip
     height, width = sums.shape[1:]

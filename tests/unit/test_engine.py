@@ -160,8 +160,9 @@ def test_blocks_assemble_to_the_whole_image_result(tile: int, overlap: int, bloc
     assert expected <= windows_run <= expected + 2 * len(assembler.blocks)
 
 
+@pytest.mark.parametrize("in_torch", [False, True])  # the CPU's way, and a GPU's run on CPU tensors
 @pytest.mark.parametrize("block", [17, 40, 64, 1000])
-def test_interiors_settled_where_blocks_run_give_the_same_blocks(block: int) -> None:
+def test_interiors_settled_where_blocks_run_give_the_same_blocks(block: int, in_torch: bool) -> None:
     """A block's interior, which no other block's windows reach, is finished where the block runs (from
     sums added up in torch) and only its top and left bands wait for the neighbours: classes and
     confidence must be those of finishing the whole block in the writer."""
@@ -184,7 +185,8 @@ def test_interiors_settled_where_blocks_run_give_the_same_blocks(block: int) -> 
         classes, confidence = np.zeros((h, w), np.uint8), np.zeros((h, w), np.float32)
         for core in assembler.blocks:
             layout = assembler.layout(core) if settled else None
-            contribution = block_contribution(model, read, core, (h, w), spec, layout=layout, confidence=True)
+            contribution = block_contribution(model, read, core, (h, w), spec, layout=layout, confidence=True,
+                                              finish_in_torch=in_torch)  # fmt: skip
             assert (contribution.settled is not None) == (settled and layout.interior is not None)
             for window, result in assembler.add(contribution):
                 rows, cols = window.toslices()
