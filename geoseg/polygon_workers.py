@@ -45,6 +45,15 @@ def sieved_rows(read: Callable[[int, int], np.ndarray], top: int, bottom: int, h
     return sieved[core], int(np.count_nonzero(sieved[core] != block[core]))
 
 
+def strip_rows(read: Callable[[int, int], np.ndarray], top: int, bottom: int, height: int, sieve: int,
+               connectivity: int, skip: set[int]) -> tuple[np.ndarray, int]:  # fmt: skip
+    """Rows ``top:bottom`` of ``read``'s class map, sieved (``sieved_rows``) when ``sieve`` > 0, and how many
+    pixels the sieve changed: what each strip is, whether this process or a worker polygonizes it."""
+    if sieve:
+        return sieved_rows(read, top, bottom, height, sieve, connectivity, skip)
+    return read(top, bottom), 0
+
+
 def strip_edges(height: int, width: int, strip_pixels: int) -> list[tuple[int, int]]:
     """(top, bottom) of each strip of full rows, at most ``strip_pixels`` pixels each."""
     rows = max(1, strip_pixels // max(width, 1))
@@ -96,10 +105,7 @@ def _one_strip(path: str, top: int, bottom: int, height: int, sieve: int, connec
             def read(lo: int, hi: int) -> np.ndarray:
                 return ds.read(1, window=Window(0, lo, ds.width, hi - lo))
 
-            if sieve:
-                rows, merged = sieved_rows(read, top, bottom, height, sieve, connectivity, skip)
-            else:
-                rows, merged = read(top, bottom), 0
+            rows, merged = strip_rows(read, top, bottom, height, sieve, connectivity, skip)
     except rasterio.errors.RasterioIOError as exc:
         return first_line(exc)
     return polygonized(top, rows, connectivity, skip, merged)

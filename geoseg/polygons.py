@@ -53,7 +53,7 @@ from geoseg.io.classmap import class_names
 from geoseg.io.raster import GridSpec, atomic_path, corrupted, ensure_writable, open_raster
 from geoseg.io.vector import inside_window
 from geoseg.polygon_strips import PolygonizedStrip, joined_regions, polygonized, region_polygons
-from geoseg.polygon_workers import pooled_strips, sieved_rows, strip_edges
+from geoseg.polygon_workers import pooled_strips, strip_edges, strip_rows
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -181,21 +181,6 @@ def class_map_polygons(
     return polygon_frame(polygons, ids, names, crs)
 
 
-def _sieved_strips(
-    read: Callable[[int, int], np.ndarray], height: int, width: int, size: int, connectivity: int, skip: set[int]
-) -> Iterator[tuple[int, np.ndarray, int]]:
-    """(first row, sieved rows, pixels changed) for strips of full rows of a class map ``read(top, bottom)``.
-
-    Each strip is sieved with ``size`` rows of context above and below (``polygon_workers.sieved_rows``).
-    Which neighbour is the largest is judged within the strip and its context, so where a speckle touches two
-    large regions it may join the other one than a sieve of the whole map would; the strips depend only on the
-    map's width, never on how it was written or split.
-    """
-    for top, bottom in strip_edges(height, width, _STRIP_PIXELS):
-        rows, changed = sieved_rows(read, top, bottom, height, size, connectivity, skip)
-        yield top, rows, changed
-
-
 class _ClassStrips:
     """The class map's strips of full rows, top to bottom, as (first row, rows): sieved when ``sieve`` > 0.
 
@@ -209,12 +194,12 @@ class _ClassStrips:
         self.merged = 0
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        if self.sieve:
-            strips = _sieved_strips(self.read, self.height, self.width, self.sieve, self.connectivity, self.skip)
-        else:
-            windows = _strips(self.width, self.height)
-            strips = ((w.row_off, self.read(w.row_off, w.row_off + w.height), 0) for w in windows)
-        for top, rows, changed in strips:
+        """Each strip is sieved with ``sieve`` rows of context above and below (``polygon_workers.sieved_rows``).
+        Which neighbour is the largest is judged within the strip and its context, so where a speckle touches
+        two large regions it may join the other one than a sieve of the whole map would; the strips depend
+        only on the map's width, never on how it was written or split."""
+        for top, bottom in strip_edges(self.height, self.width, _STRIP_PIXELS):
+            rows, changed = strip_rows(self.read, top, bottom, self.height, self.sieve, self.connectivity, self.skip)
             _stop_if(self.cancel)
             self.merged += changed
             yield top, rows

@@ -63,7 +63,7 @@ def test_strips_decide_small_regions_as_the_whole_map_does(speckled: np.ndarray,
     whole = rasterio.features.sieve(speckled, DEFAULT_SIEVE, connectivity=4, mask=speckled != 255)
     monkeypatch.setattr(polygons, "_STRIP_PIXELS", speckled.shape[1] * 7)  # strips of 7 rows, 9 rows of context
     read = lambda top, bottom: speckled[top:bottom]  # noqa: E731
-    strips = np.concatenate([rows for _, rows, _ in polygons._sieved_strips(read, *speckled.shape, 9, 4, {255})])
+    strips = np.concatenate([rows for _, rows in polygons._ClassStrips(read, *speckled.shape, 9, 4, {255})])
     assert np.array_equal(strips != speckled, whole != speckled)  # exactly the regions under 9 px change
     changed = np.argwhere(strips != speckled)
     padded = np.pad(speckled, 1, constant_values=255)
