@@ -168,6 +168,17 @@ def finish_block(
     return BlockResult(classes, probability)
 
 
+def finished_core(layout: CoreLayout, interior: BlockResult | None, pending: Sequence[list[Piece]],
+                  valid: Sequence[np.ndarray], spec: InferenceSpec, confidence: bool,
+                  owned: bool = False) -> BlockResult:  # fmt: skip
+    """A block from its settled ``interior`` and, for each of ``layout.pending``, the pieces that reach it and its
+    validity (``owned``: as ``finish_block``'s)."""
+    parts = [(layout.interior, interior)]
+    for window, pieces, window_valid in zip(layout.pending, pending, valid, strict=True):
+        parts.append((window, finish_block(window, pieces, window_valid, spec, confidence, owned)))
+    return stitched(layout.core, parts, confidence)
+
+
 def stitched(core: Window, parts: Sequence[tuple[Window | None, BlockResult | None]], confidence: bool) -> BlockResult:
     """One block's result from the results of the windows that tile it."""
     shape = (int(core.height), int(core.width))
@@ -399,11 +410,11 @@ class Assembler:
         self._settled: dict[tuple[int, int], BlockResult] = {}
 
     def layout(self, block: Window) -> CoreLayout:
-        """``block``'s interior and pending bands (``settle`` a contribution with it where it runs)."""
+        """``block``'s interior and pending bands: ``block_contribution`` finishes the interior where it runs."""
         return self.layouts[self.grid.key(block)]
 
     def add(self, contribution: Contribution) -> list[tuple[Window, BlockResult]]:
-        """Takes a block's contribution, settled (``settle``) or not; returns the blocks it completes."""
+        """Takes a block's contribution, its interior settled or not; returns the blocks it completes."""
         own = self.grid.key(contribution.core)
         self._valid[own] = contribution.valid
         if contribution.settled is not None:
@@ -433,14 +444,13 @@ class Assembler:
         if settled is None:
             return finish_block(block, pieces, valid, self.spec, self.confidence, owned=True)
         layout = self.layouts[key]
-        parts = [(layout.interior, settled)]
+        pending = []
         for window in layout.pending:
             relative = Window(window.col_off - block.col_off, window.row_off - block.row_off, window.width,
                               window.height)  # fmt: skip
-            clipped = [c for c in (_clipped(piece, relative) for piece in pieces) if c is not None]
-            part = finish_block(window, clipped, cut(valid, block, window), self.spec, self.confidence, owned=True)
-            parts.append((window, part))
-        return stitched(block, parts, self.confidence)
+            pending.append([c for c in (_clipped(piece, relative) for piece in pieces) if c is not None])
+        valid_parts = [cut(valid, block, window) for window in layout.pending]
+        return finished_core(layout, settled, pending, valid_parts, self.spec, self.confidence, owned=True)
 
 
 def block_layout(

@@ -34,10 +34,9 @@ from geoseg.infer.assemble import (
     block_span,
     core_layout,
     cut,
-    finish_block,
     finish_interior,
+    finished_core,
     piece_for,
-    stitched,
 )
 from geoseg.infer.block import ModelSource, segment_block
 from geoseg.infer.engine import BlockResult, InferenceSpec, slice_padded
@@ -121,11 +120,8 @@ def _finish(
 ) -> BlockResult:
     """The chunk: its interior as settled, and each waiting part from every piece that reaches it."""
     interior, waiting, valid = settled
-    parts = [(layout.interior, interior)]
-    for k, window in enumerate(layout.pending):
-        pieces = [p for p in (waiting[k], *(r[k] for r in received)) if p is not None]
-        parts.append((window, finish_block(window, pieces, valid[k], spec, confidence)))
-    return stitched(layout.core, parts, confidence)
+    pending = [[p for p in (waiting[k], *(r[k] for r in received)) if p is not None] for k in range(len(waiting))]
+    return finished_core(layout, interior, pending, valid, spec, confidence)
 
 
 def _classes(result: BlockResult) -> np.ndarray:

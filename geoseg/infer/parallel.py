@@ -52,7 +52,7 @@ class BlockJob:
     raster_shape: tuple[int, int]
     aoi: BaseGeometry | None  # in the mosaic's CRS; outside it the class map is nodata
     bundle_version: str = ""  # geoseg.model.bundle.bundle_version: a rewritten bundle is loaded afresh
-    layout: CoreLayout | None = None  # where the block's interior lies: finished here (``assemble.settle``)
+    layout: CoreLayout | None = None  # where the block's interior lies: finished here (``block_contribution``)
     confidence: bool = False  # whether the settled interior carries confidence
 
 
