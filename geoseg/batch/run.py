@@ -268,8 +268,8 @@ class _Batch:
             return None
         if plan.drift is not None and plan.drift.drifted:
             self.reporter.message(f"warning: {mosaic.id}: {plan.drift.verdict()}")
-        self.blocks_total += len(plan.jobs) - mosaic.blocks
-        mosaic.blocks = len(plan.jobs)
+        self.blocks_total += plan.blocks - mosaic.blocks
+        mosaic.blocks = plan.blocks
         mosaic.remaining = deque(plan.jobs)
         return mosaic
 

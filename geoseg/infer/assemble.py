@@ -388,35 +388,53 @@ class BlockGrid:
 
 
 class Assembler:
-    """Adds contributions into blocks and hands back each block as soon as it is complete."""
+    """Adds contributions into blocks and hands back each block as soon as it is complete.
 
-    def __init__(self, raster_shape: tuple[int, int], block_size: int, spec: InferenceSpec, confidence: bool) -> None:
+    The contributions come from ``jobs``: the blocks by default, or blocks and parts of blocks (bands that
+    tile a block, ``balance.py``), whose sums and valid masks are put together in their block.
+    """
+
+    def __init__(self, raster_shape: tuple[int, int], block_size: int, spec: InferenceSpec, confidence: bool,
+                 jobs: Sequence[Window] | None = None) -> None:  # fmt: skip
         self.shape = raster_shape
         self.spec = spec
         self.confidence = confidence
-        row_edges, col_edges = block_layout(raster_shape, block_size, spec.tile, spec.overlap)
-        self.grid = BlockGrid(tuple(row_edges), tuple(col_edges))
+        self.grid = BlockGrid(*map(tuple, block_layout(raster_shape, block_size, spec.tile, spec.overlap)))
         self._index = self.grid.blocks
         self.blocks = list(self._index.values())
+        self.jobs = self.blocks if jobs is None else list(jobs)
         reaches = self.grid.reaches(raster_shape, spec.tile, spec.overlap)
         sources = self.grid.sources(reaches)
+        whole = {_corners(job) for job in self.jobs}
         self.layouts = {key: core_layout(self._index[key], [reaches[k] for k in reaching])
-                        for key, reaching in sources.items()}  # fmt: skip
-        self._waiting = {key: 1 + len(reaching) for key, reaching in sources.items()}  # +1: the block's own report
+                        for key, reaching in sources.items() if _corners(self._index[key]) in whole}  # fmt: skip
+        self._waiting = dict.fromkeys(self._index, 0)  # the reports each block waits for: its jobs', its neighbours'
+        for job in self.jobs:
+            area = reach(job, raster_shape, spec.tile, spec.overlap)
+            for key in {self.grid.key(job), *(self.grid.overlapped(area) if area is not None else [])}:
+                self._waiting[key] += 1
         # Pieces received per block, kept as copies of just the area they cover: a spill from the block
         # above is only a tile's rows deep, and it waits a whole row of blocks before it is used.
         self._pieces: dict[tuple[int, int], list[Piece]] = {}
         self._valid: dict[tuple[int, int], np.ndarray] = {}
         self._settled: dict[tuple[int, int], BlockResult] = {}
 
-    def layout(self, block: Window) -> CoreLayout:
-        """``block``'s interior and pending bands: ``block_contribution`` finishes the interior where it runs."""
-        return self.layouts[self.grid.key(block)]
+    def layout(self, job: Window) -> CoreLayout | None:
+        """A whole block's interior and pending bands (``block_contribution`` finishes the interior where it
+        runs); None for a part of a block, whose block is finished here."""
+        layout = self.layouts.get(self.grid.key(job))
+        return layout if layout is not None and _corners(layout.core) == _corners(job) else None
 
     def add(self, contribution: Contribution) -> list[tuple[Window, BlockResult]]:
-        """Takes a block's contribution, its interior settled or not; returns the blocks it completes."""
+        """Takes a job's contribution, its interior settled or not; returns the blocks it completes."""
         own = self.grid.key(contribution.core)
-        self._valid[own] = contribution.valid
+        block = self._index[own]
+        if _corners(contribution.core) == _corners(block):
+            self._valid[own] = contribution.valid
+        else:  # a band of the block: its validity goes into the block's
+            valid = self._valid.setdefault(own, np.zeros((int(block.height), int(block.width)), dtype=bool))
+            row, col = int(contribution.core.row_off - block.row_off), int(contribution.core.col_off - block.col_off)
+            valid[row : row + contribution.valid.shape[0], col : col + contribution.valid.shape[1]] = contribution.valid
         if contribution.settled is not None:
             self._settled[own] = contribution.settled
         touched = {own}
@@ -451,6 +469,10 @@ class Assembler:
             pending.append([c for c in (_clipped(piece, relative) for piece in pieces) if c is not None])
         valid_parts = [cut(valid, block, window) for window in layout.pending]
         return finished_core(layout, settled, pending, valid_parts, self.spec, self.confidence, owned=True)
+
+
+def _corners(window: Window) -> tuple[int, int, int, int]:
+    return int(window.row_off), int(window.col_off), int(window.height), int(window.width)
 
 
 def block_layout(

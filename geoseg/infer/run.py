@@ -20,7 +20,8 @@ from geoseg.drift.check import band_report
 from geoseg.drift.remedies import remedied_normalization, remedy_record
 from geoseg.drift.report import DriftReport
 from geoseg.errors import InputError, OutputError
-from geoseg.infer.assemble import Assembler, Contribution
+from geoseg.infer.assemble import Assembler, BlockGrid, Contribution, block_layout
+from geoseg.infer.balance import balanced_jobs
 from geoseg.infer.block import cached_bundle
 from geoseg.infer.cluster import check_scheduler
 from geoseg.infer.engine import InferenceSpec
@@ -96,6 +97,11 @@ class MosaicPlan:
     tags: dict[str, str]
     drift: DriftReport | None
 
+    @property
+    def blocks(self) -> int:
+        """The blocks written (jobs can be fewer blocks' bands too: ``balance.py``)."""
+        return len(self.assembler.blocks)
+
 
 def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str, confidence: bool,
                 on_workers: bool = False) -> MosaicPlan:  # fmt: skip
@@ -126,13 +132,16 @@ def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str
         precision=precision,
         tta=meta.tta_default if options.tta is None else options.tta,
     )
-    grid = info.grid
-    assembler = Assembler((grid.height, grid.width), options.block_size, spec, confidence)
+    shape = (info.grid.height, info.grid.width)
+    blocks = BlockGrid(*map(tuple, block_layout(shape, options.block_size, tile, overlap))).blocks.values()
+    # where each worker picks its batch size (a cluster seen from a login node), the cost of a job is unknown
+    parts = balanced_jobs(blocks, shape, tile, overlap, options.workers if spec.batch_size else 1, spec.batch_size)
+    assembler = Assembler(shape, options.block_size, spec, confidence, parts)
     version = bundle_version(bundle_path)
     jobs = [
-        BlockJob(str(mosaic), str(Path(bundle_path).resolve()), device, spec, tuple(meta.bands), window,
-                 (grid.height, grid.width), aoi, version, assembler.layout(window), confidence)
-        for window in assembler.blocks
+        BlockJob(str(mosaic), str(Path(bundle_path).resolve()), device, spec, tuple(meta.bands), window, shape, aoi,
+                 version, assembler.layout(window), confidence)
+        for window in assembler.jobs
     ]  # fmt: skip
     tags = {"GEOSEG_INPUT": json.dumps({"normalization": normalization.to_json(),
                                          **remedy_record(options.remedy, normalization),
@@ -227,13 +236,13 @@ def _segment(plan: MosaicPlan, mosaic: Path, classes_path: Path, confidence_path
 
         def write(contribution: Contribution) -> None:
             if writer.add(contribution):
-                reporter.update("segment", writer.blocks_written, len(plan.jobs))
+                reporter.update("segment", writer.blocks_written, plan.blocks)
 
-        reporter.update("segment", 0, len(plan.jobs))
+        reporter.update("segment", 0, plan.blocks)
         try:
             run_blocks(plan.jobs, options.scheduler, options.workers, write)
         except RasterioIOError as exc:
             raise InputError(f"could not be read to the end ({first_line(exc)}); re-copy it", mosaic) from None
         if not writer.complete:
             raise RuntimeError("internal: some blocks never received all their windows")
-    return ClassMapResult(classes_path, confidence_path, plan.spec, len(plan.jobs), plan.drift)
+    return ClassMapResult(classes_path, confidence_path, plan.spec, plan.blocks, plan.drift)

@@ -198,6 +198,51 @@ def test_interiors_settled_where_blocks_run_give_the_same_blocks(block: int, in_
     assert 0.3 < float(maps[0][1][valid].mean()) < 1.0
 
 
+@pytest.mark.parametrize("block", [40, 64])
+def test_blocks_run_as_bands_and_single_windows_give_the_same_blocks(block: int) -> None:
+    """The last blocks of a run can be cut into bands or single windows (``balance.py``) so that no worker
+    idles: their sums and valid masks are put together in their block, in any order of arrival, and the
+    classes and confidence are those of the blocks run whole, bit for bit."""
+    from rasterio.windows import Window
+
+    from geoseg.infer.assemble import Assembler, block_contribution
+    from geoseg.infer.balance import window_bands, window_cells
+    from geoseg.infer.engine import InferenceSpec, slice_padded
+
+    h, w = 113, 149
+    raw, valid = _image(h, w, seed=7), np.ones((h, w), dtype=bool)
+    valid[50:70, :25] = False
+    model, spec = PerPixel(), InferenceSpec(NORM, CLASS_IDS, 32, 8, batch_size=2)
+
+    def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
+        return slice_padded(raw, valid, window)
+
+    def run(assembler: Assembler, order: list[Window]) -> tuple[np.ndarray, np.ndarray]:
+        classes, confidence = np.zeros((h, w), np.uint8), np.zeros((h, w), np.float32)
+        for job in order:
+            layout = assembler.layout(job)
+            contribution = block_contribution(model, read, job, (h, w), spec, layout=layout, confidence=True)
+            for window, result in assembler.add(contribution):
+                rows, cols = window.toslices()
+                classes[rows, cols], confidence[rows, cols] = result.classes, result.confidence
+        assert assembler.complete
+        return classes, confidence
+
+    whole = Assembler((h, w), block, spec, confidence=True)
+    expected = run(whole, whole.blocks)
+    jobs: list[Window] = []
+    for i, core in enumerate(whole.blocks):
+        cut = (None, window_bands, window_cells)[i % 3]
+        jobs += [core] if cut is None else cut(core, (h, w), spec.tile, spec.overlap)
+    assert len(jobs) > len(whole.blocks)
+    split = Assembler((h, w), block, spec, confidence=True, jobs=jobs)
+    assert [split.layout(job) is None for job in jobs].count(False) == len(whole.blocks[::3])
+    shuffled = [jobs[i] for i in np.random.default_rng(0).permutation(len(jobs))]
+    classes, confidence = run(split, shuffled)
+    assert np.array_equal(classes, expected[0]) and np.array_equal(classes, _whole(model, raw, valid))
+    assert np.array_equal(confidence.view(np.uint32), expected[1].view(np.uint32))
+
+
 def test_first_maximum_is_argmax_with_ties_to_the_first_class() -> None:
     from geoseg.infer.assemble import first_maximum
 
