@@ -3,8 +3,9 @@
 Blocks are handed to workers in row-major order (memory stays bounded by a row of blocks). When the last
 blocks are few and large next to the number of workers, the run ends with one of them working alone: a
 4096² mosaic in nine blocks of nine windows keeps one of two cores idle for the last fifth of the run, which
-takes 11 % longer than it needs (33 % with four workers). So the last blocks are cut into bands of window rows (or into single
-windows), as many as finish the run soonest in a simulation of the workers taking jobs in order.
+takes 11 % longer than it needs (33 % with four workers). So the last blocks are cut into bands of window
+rows (or into single windows), as many as finish the run soonest in a simulation of the workers taking jobs
+in order.
 
 A band is an ordinary job: its core is part of a block's, it owns the windows whose origin lies in it, and
 its sums are added into the block like a neighbour's (``Assembler``), so the class map is the same bit for
