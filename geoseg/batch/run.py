@@ -228,6 +228,9 @@ class _Batch:
             return
         self._count(mosaic, mosaic.writer.add(contribution))
         if mosaic.writer.complete:
+            # Recorded before the class map appears: Ctrl-C from then on (while the folder is flushed to disk, or
+            # before its polygons are handed over) leaves a class map the manifest explains, for --resume.
+            self.manifest.record(self._interrupted(mosaic))
             mosaic.writer.__exit__(None, None, None)  # the class map appears, finished
             mosaic.writer = None
             del active[mosaic.id]
@@ -302,6 +305,10 @@ class _Batch:
                               areas=finished.areas, settings=self.settings)  # fmt: skip
         self.manifest.record(record)
         self.reporter.message(f"done: {mosaic.id} ({runtime:.1f} s)")
+
+    def _interrupted(self, mosaic: _Mosaic) -> MosaicRecord:
+        return MosaicRecord(mosaic.id, str(mosaic.path), FAILED, mosaic.fingerprint, self.manifest.bundle_hash,
+                            reason=INTERRUPTED_REASON)  # fmt: skip
 
     def _record_failure(self, mosaic: _Mosaic, reason: str) -> None:
         self.manifest.record(MosaicRecord(mosaic.id, str(mosaic.path), FAILED, mosaic.fingerprint,
