@@ -74,7 +74,9 @@ def open_confidence_map(path: Path, grid: GridSpec) -> Iterator[rasterio.io.Data
 
 
 def confidence_percent(confidence: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    out = np.clip(np.rint(confidence * 100), 0, 100).astype(np.uint8)
+    """The blended probability of the chosen class in percent (uint8 0-100), and the class map's nodata where
+    it has no class; there ``confidence`` is 0 (a block's) or NaN (``geoseg.segment``'s)."""
+    out = np.clip(np.rint(np.nan_to_num(confidence, nan=0.0) * 100), 0, 100).astype(np.uint8)
     out[classes == IGNORE_INDEX] = IGNORE_INDEX
     return out
 
