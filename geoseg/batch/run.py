@@ -230,7 +230,7 @@ class _Batch:
         if mosaic.writer.complete:
             # Recorded before the class map appears: Ctrl-C from then on (while the folder is flushed to disk, or
             # before its polygons are handed over) leaves a class map the manifest explains, for --resume.
-            self.manifest.record(self._interrupted(mosaic))
+            self.manifest.record(self._failed(mosaic, INTERRUPTED_REASON))
             mosaic.writer.__exit__(None, None, None)  # the class map appears, finished
             mosaic.writer = None
             del active[mosaic.id]
@@ -306,13 +306,12 @@ class _Batch:
         self.manifest.record(record)
         self.reporter.message(f"done: {mosaic.id} ({runtime:.1f} s)")
 
-    def _interrupted(self, mosaic: _Mosaic) -> MosaicRecord:
+    def _failed(self, mosaic: _Mosaic, reason: str) -> MosaicRecord:
         return MosaicRecord(mosaic.id, str(mosaic.path), FAILED, mosaic.fingerprint, self.manifest.bundle_hash,
-                            reason=INTERRUPTED_REASON)  # fmt: skip
+                            reason=reason)  # fmt: skip
 
     def _record_failure(self, mosaic: _Mosaic, reason: str) -> None:
-        self.manifest.record(MosaicRecord(mosaic.id, str(mosaic.path), FAILED, mosaic.fingerprint,
-                                          self.manifest.bundle_hash, reason=reason))  # fmt: skip
+        self.manifest.record(self._failed(mosaic, reason))
         self.reporter.message(f"failed: {mosaic.id}: {reason}")
 
     def _count(self, mosaic: _Mosaic, blocks: int) -> None:

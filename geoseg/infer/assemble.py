@@ -399,7 +399,7 @@ class Assembler:
         self.shape = raster_shape
         self.spec = spec
         self.confidence = confidence
-        self.grid = BlockGrid(*map(tuple, block_layout(raster_shape, block_size, spec.tile, spec.overlap)))
+        self.grid = block_grid(raster_shape, block_size, spec.tile, spec.overlap)
         self._index = self.grid.blocks
         self.blocks = list(self._index.values())
         self.jobs = self.blocks if jobs is None else list(jobs)
@@ -433,8 +433,7 @@ class Assembler:
             self._valid[own] = contribution.valid
         else:  # a band of the block: its validity goes into the block's
             valid = self._valid.setdefault(own, np.zeros((int(block.height), int(block.width)), dtype=bool))
-            row, col = int(contribution.core.row_off - block.row_off), int(contribution.core.col_off - block.col_off)
-            valid[row : row + contribution.valid.shape[0], col : col + contribution.valid.shape[1]] = contribution.valid
+            valid[core_slices(block, contribution.core)] = contribution.valid
         if contribution.settled is not None:
             self._settled[own] = contribution.settled
         touched = {own}
@@ -481,6 +480,12 @@ def block_layout(
     """Row and column block borders for ``block_size`` (rounded up to whole strides) on a raster."""
     side = aligned_block_size(block_size, tile, overlap)
     return block_edges(raster_shape[0], side, tile), block_edges(raster_shape[1], side, tile)
+
+
+def block_grid(raster_shape: tuple[int, int], block_size: int, tile: int, overlap: int) -> BlockGrid:
+    """The blocks of ``block_layout``."""
+    row_edges, col_edges = block_layout(raster_shape, block_size, tile, overlap)
+    return BlockGrid(tuple(row_edges), tuple(col_edges))
 
 
 def block_edges(length: int, block_size: int, tile: int) -> list[int]:

@@ -77,15 +77,14 @@ def window_bands(block: Window, raster_shape: tuple[int, int], tile: int, overla
     its windows. The bands tile the block."""
     rows, cols = _cuts(block, raster_shape, tile, overlap)
     if len(rows) > 2:
-        return [_between(block, r0, r1, None, None) for r0, r1 in itertools.pairwise(rows)]
-    return [_between(block, None, None, c0, c1) for c0, c1 in itertools.pairwise(cols)]
+        return [_between(r0, r1, cols[0], cols[-1]) for r0, r1 in itertools.pairwise(rows)]
+    return [_between(rows[0], rows[-1], c0, c1) for c0, c1 in itertools.pairwise(cols)]
 
 
 def window_cells(block: Window, raster_shape: tuple[int, int], tile: int, overlap: int) -> list[Window]:
     """``block`` cut at its window rows and columns: each cell owns one window. The cells tile the block."""
     rows, cols = _cuts(block, raster_shape, tile, overlap)
-    return [_between(block, r0, r1, c0, c1)
-            for r0, r1 in itertools.pairwise(rows) for c0, c1 in itertools.pairwise(cols)]  # fmt: skip
+    return [_between(r0, r1, c0, c1) for r0, r1 in itertools.pairwise(rows) for c0, c1 in itertools.pairwise(cols)]
 
 
 def _cuts(block: Window, raster_shape: tuple[int, int], tile: int, overlap: int) -> tuple[list[int], list[int]]:
@@ -97,9 +96,5 @@ def _cuts(block: Window, raster_shape: tuple[int, int], tile: int, overlap: int)
     return [top, *rows, top + int(block.height)], [left, *cols, left + int(block.width)]
 
 
-def _between(block: Window, r0: int | None, r1: int | None, c0: int | None, c1: int | None) -> Window:
-    top, left = int(block.row_off), int(block.col_off)
-    r0, c0 = top if r0 is None else r0, left if c0 is None else c0
-    r1 = top + int(block.height) if r1 is None else r1
-    c1 = left + int(block.width) if c1 is None else c1
+def _between(r0: int, r1: int, c0: int, c1: int) -> Window:
     return Window(c0, r0, c1 - c0, r1 - r0)

@@ -20,7 +20,7 @@ from geoseg.drift.check import band_report
 from geoseg.drift.remedies import remedied_normalization, remedy_record
 from geoseg.drift.report import DriftReport
 from geoseg.errors import InputError, OutputError
-from geoseg.infer.assemble import Assembler, BlockGrid, Contribution, block_layout
+from geoseg.infer.assemble import Assembler, Contribution, block_grid
 from geoseg.infer.balance import balanced_jobs
 from geoseg.infer.block import cached_bundle
 from geoseg.infer.cluster import check_scheduler
@@ -133,7 +133,7 @@ def plan_mosaic(mosaic: Path, bundle: Bundle, options: InferOptions, device: str
         tta=meta.tta_default if options.tta is None else options.tta,
     )
     shape = (info.grid.height, info.grid.width)
-    blocks = BlockGrid(*map(tuple, block_layout(shape, options.block_size, tile, overlap))).blocks.values()
+    blocks = block_grid(shape, options.block_size, tile, overlap).blocks.values()
     # where each worker picks its batch size (a cluster seen from a login node), the cost of a job is unknown
     parts = balanced_jobs(blocks, shape, tile, overlap, options.workers if spec.batch_size else 1, spec.batch_size)
     assembler = Assembler(shape, options.block_size, spec, confidence, parts)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from rasterio.windows import Window
 
-from geoseg.infer.assemble import BlockGrid, block_layout, owned_origins
+from geoseg.infer.assemble import block_grid, owned_origins
 from geoseg.infer.balance import _finish_times, balanced_jobs, window_bands, window_cells
 from geoseg.infer.windows import window_grid
 
@@ -14,7 +14,7 @@ TILE, OVERLAP = 512, 64
 
 
 def _blocks(size: int, block_size: int = 1024) -> list[Window]:
-    return list(BlockGrid(*map(tuple, block_layout((size, size), block_size, TILE, OVERLAP))).blocks.values())
+    return list(block_grid((size, size), block_size, TILE, OVERLAP).blocks.values())
 
 
 def _makespan(jobs: list[Window], shape: tuple[int, int], workers: int, batch: int = 1) -> int:
