@@ -110,7 +110,20 @@ VARIANTS: dict[str, dict] = {
     "keep-best": {"keep": "best"},
     "encoder-lr-0.1": {"encoder_lr": 0.1},
     "frozen-encoder": {"encoder_lr": 0.0},
+    # Learning from the unlabelled pixels (issue 28): pseudo-labels from the EMA teacher on the training
+    # mosaic's unlabelled pixels, at the default unlabelled batch (a quarter of the labelled one) or 4 windows;
+    # without class balancing; the neighbourhood term alone and with pseudo-labels.
+    "semi": {"semi_supervised": {"enabled": True}},
+    "semi-u4": {"semi_supervised": {"batch_size": 4}},
+    "semi-unbalanced": {"semi_supervised": {"class_balanced": False}},
+    "neighbourhood": {"neighbourhood_weight": 0.5},
+    "semi+neighbourhood": {"semi_supervised": {"enabled": True}, "neighbourhood_weight": 0.5},
+    # The same with the test mosaic added as unlabelled imagery (its labels are never read): a user who
+    # trains for the mosaic they will segment can do this.
+    "semi+target": {"semi_supervised": {"enabled": True}},
 }
+# Variants whose config also lists the case's test mosaic under data.unlabelled.
+WITH_TEST_MOSAIC_UNLABELLED = {"semi+target"}
 
 
 @dataclass
@@ -300,9 +313,12 @@ def _merge(base: dict, changes: dict) -> dict:
 def user_config(case: Case, seed: int, variant: str, workers: int) -> dict:
     """The config a user would write for this case (paths, classes), plus the offline weights and the variant."""
     train = _merge({"seed": seed, "num_workers": workers}, VARIANTS[variant])
+    data = {"images": [str(case.train_image)], "labels": str(case.train_labels),
+            "classes": {int(k): v for k, v in case.classes.items()}}  # fmt: skip
+    if variant in WITH_TEST_MOSAIC_UNLABELLED:
+        data["unlabelled"] = [str(case.test_image)]
     return {
-        "data": {"images": [str(case.train_image)], "labels": str(case.train_labels),
-                 "classes": {int(k): v for k, v in case.classes.items()}},
+        "data": data,
         "model": {"encoder": "tu-efficientnet_lite0", "weights": lite0_weights()},
         "train": train,
     }  # fmt: skip

@@ -57,6 +57,7 @@ class DataConfig:
     background: str | None = None  # for polygons: the class value of pixels no polygon covers
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     quality_mask: QualityMaskConfig = field(default_factory=QualityMaskConfig)
+    unlabelled: list[Path] = field(default_factory=list)  # extra mosaics for semi-supervised training
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,18 @@ class AugmentConfig:
     color: float = 0.05  # per-band gain jitter (±f), a change of white balance
     blur: float = 1.0  # Gaussian blur with σ up to this many px, on a quarter of the windows (0 = off)
     noise: float = 0.02  # Gaussian noise of σ up to this, in scaled 0..1 units, on a quarter of the windows
+
+
+@dataclass(frozen=True)
+class SemiSupervisedConfig:
+    """Pseudo-labels on unlabelled windows (geoseg/training/semi_supervised.py)."""
+
+    enabled: bool = False
+    threshold: float = 0.9  # the teacher's confidence a pseudo-label needs (per class, scaled, when balanced)
+    weight: float = 1.0  # of the pseudo-label loss against the supervised loss, once ramped up
+    rampup: float = 0.3  # share of the steps over which the weight ramps up from 0
+    class_balanced: bool = True  # class-wise thresholds and loss weights
+    batch_size: int | None = None  # unlabelled windows a step; None: a quarter of the labelled batch (at least 1)
 
 
 LOSSES = ("ce", "ce+dice", "ce+lovasz", "focal", "ce+focal", "dice")
@@ -117,6 +130,9 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    semi_supervised: SemiSupervisedConfig = field(default_factory=SemiSupervisedConfig)
+    neighbourhood_weight: float = 0.0  # similar neighbours, similar classes (semi_supervised.neighbourhood_loss)
+    baseline: bool = True  # also fit a pixel classifier and report its validation scores beside the U-Net's
 
 
 @dataclass(frozen=True)
@@ -169,7 +185,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         raise ConfigError(
             f"unknown section(s) {sorted(unknown)}; expected data, preprocess, model, train, adaptation", path
         )
-    return Config(
+    config = Config(
         path=path,
         data=_parse_data(reader, raw.get("data")),
         preprocess=_parse_preprocess(reader, raw.get("preprocess") or {}),
@@ -177,6 +193,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         train=_parse_train(reader, raw.get("train") or {}),
         adaptation=_parse_adaptation(reader, raw.get("adaptation") or {}),
     )
+    if config.data.unlabelled and not config.train.semi_supervised.enabled:
+        raise reader.fail("data.unlabelled", "only semi-supervised training reads these mosaics; add "
+                          "train: {semi_supervised: true}, or remove the key")  # fmt: skip
+    return config
 
 
 class _Reader:
@@ -234,7 +254,8 @@ class _Reader:
 def _parse_data(r: _Reader, data: Any) -> DataConfig:
     if not isinstance(data, dict):
         raise r.fail("data", "section missing; it needs images, labels and classes")
-    allowed = {"images", "labels", "label_field", "background", "classes", "bands", "validation", "quality_mask"}
+    allowed = {"images", "labels", "label_field", "background", "classes", "bands", "validation", "quality_mask",
+               "unlabelled"}  # fmt: skip
     r.unknown_keys(data, allowed, "data")
     images_raw = data.get("images")
     if isinstance(images_raw, str):
@@ -273,7 +294,19 @@ def _parse_data(r: _Reader, data: Any) -> DataConfig:
         background=background,
         validation=_parse_validation(r, data.get("validation") or {}),
         quality_mask=_parse_quality(r, data.get("quality_mask") or {}),
+        unlabelled=_parse_paths(r, data.get("unlabelled"), "data.unlabelled"),
     )
+
+
+def _parse_paths(r: _Reader, value: Any, key: str) -> list[Path]:
+    """A path or a list of paths (absent: none)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise r.fail(key, "expected one or more orthomosaic paths")
+    return [r.path_of(key, p) for p in value]
 
 
 def _parse_classes(r: _Reader, classes: Any) -> list[ClassSpec]:
@@ -431,6 +464,32 @@ def _parse_train(r: _Reader, section: dict) -> TrainConfig:
             blur=r.number(aug, "blur", da.blur, 0.0, 10.0, "train.augment.blur"),
             noise=r.number(aug, "noise", da.noise, 0.0, 0.5, "train.augment.noise"),
         ),
+        semi_supervised=_parse_semi_supervised(r, section.get("semi_supervised")),
+        neighbourhood_weight=r.number(
+            section, "neighbourhood_weight", d.neighbourhood_weight, 0.0, 100.0, "train.neighbourhood_weight"
+        ),
+        baseline=r.flag(section, "baseline", d.baseline, "train.baseline"),
+    )
+
+
+def _parse_semi_supervised(r: _Reader, section: Any) -> SemiSupervisedConfig:
+    """A mapping of the keys below, or just true/false (absent: off)."""
+    if section is None:
+        return SemiSupervisedConfig()
+    if isinstance(section, bool):
+        return SemiSupervisedConfig(enabled=section)
+    if not isinstance(section, dict):
+        raise r.fail("train.semi_supervised", f"expected true, false or a mapping of its keys, got {section!r}")
+    name = "train.semi_supervised"
+    r.unknown_keys(section, set(SemiSupervisedConfig.__dataclass_fields__), name)
+    d = SemiSupervisedConfig()
+    return SemiSupervisedConfig(
+        enabled=r.flag(section, "enabled", True, f"{name}.enabled"),  # a mapping given means "on" unless it says not
+        threshold=r.number(section, "threshold", d.threshold, 0.0, 1.0, f"{name}.threshold"),
+        weight=r.number(section, "weight", d.weight, 0.0, 100.0, f"{name}.weight"),
+        rampup=r.number(section, "rampup", d.rampup, 0.0, 1.0, f"{name}.rampup"),
+        class_balanced=r.flag(section, "class_balanced", d.class_balanced, f"{name}.class_balanced"),
+        batch_size=r.auto_integer(section, "batch_size", 1, 1024, f"{name}.batch_size"),
     )
 
 

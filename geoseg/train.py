@@ -26,12 +26,13 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from geoseg.adaptation import METHOD as ADAPTATION_METHOD
 from geoseg.adaptation import energy_term
-from geoseg.config import IGNORE_INDEX, ClassSpec, Config, TrainConfig
+from geoseg.config import IGNORE_INDEX, ClassSpec, Config, SemiSupervisedConfig, TrainConfig
 from geoseg.data.datasets import ImageCollection, LabeledOrtho
 from geoseg.data.prepare import TrainingSet, build_training_set, describe, image_bands, load_images
 from geoseg.data.preprocess import Normalization
 from geoseg.data.sampling import MultiImageSampler
 from geoseg.data.targets import TargetSet, build_target_set
+from geoseg.data.unlabelled import UnlabelledSet, build_unlabelled_set
 from geoseg.device import resolve_device, training_precision
 from geoseg.drift.confidence import CONFIDENCE_THRESHOLD, SAMPLE_PIXELS, low_confidence_counts
 from geoseg.errors import OutputExistsError
@@ -41,6 +42,8 @@ from geoseg.model import remote_sensing
 from geoseg.model.build import build_unet
 from geoseg.model.bundle import BundleMeta, save_bundle
 from geoseg.recipe import lr_factor, resolve_recipe
+from geoseg.training import semi_supervised as semi
+from geoseg.training.baseline import BaselineResult, fit_baseline
 from geoseg.tta import averaged_probabilities
 
 
@@ -73,8 +76,12 @@ class ValidationWindows(Dataset):
 
 
 class SegmentationTask(L.LightningModule):
-    """Supervised segmentation; with ``energy_weight`` set, batches are ``{"source", "target"}`` and the
-    energy-based adaptation term on the unlabeled target windows joins the loss (see geoseg/adaptation.py).
+    """Supervised segmentation, plus the terms that learn from windows without labels.
+
+    With adaptation targets or semi-supervision, batches are ``{"source", "target"?, "unlabelled"?}``:
+    ``energy_weight`` adds the energy-based adaptation term on the target windows (geoseg/adaptation.py),
+    ``semi`` the teacher's pseudo-labels on the unlabelled windows, and ``neighbourhood_weight`` the
+    neighbourhood term on the labelled windows (geoseg/training/semi_supervised.py).
 
     The recipe's parts (geoseg/recipe.py): a warm-up and decay of the learning rate over ``total_steps``,
     an exponential moving average of the weights (``ema_model``, which validation scores and the bundle
@@ -89,6 +96,7 @@ class SegmentationTask(L.LightningModule):
         total_steps: int,
         class_weights: torch.Tensor | None = None,
         energy_weight: float | None = None,
+        semi_config: SemiSupervisedConfig | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -96,6 +104,12 @@ class SegmentationTask(L.LightningModule):
         self.total_steps = total_steps
         self.energy_weight = energy_weight
         self.energy_gaps: list[float] = []
+        self.semi = semi_config if semi_config is not None and semi_config.enabled else None
+        self.thresholds = (
+            semi.ClassThresholds(n_classes, self.semi.threshold, self.semi.class_balanced) if self.semi else None
+        )
+        self.pseudo_label_shares: list[float] = []
+        self._generator: torch.Generator | None = None
         self.n_classes = n_classes
         self.ema_model = copy.deepcopy(model).requires_grad_(False) if recipe.ema > 0 else None
         if recipe.decoder_dropout > 0:
@@ -134,11 +148,27 @@ class SegmentationTask(L.LightningModule):
         return loss
 
     def training_step(self, batch: dict, _: int) -> torch.Tensor:
-        source = batch["source"] if self.energy_weight is not None else batch
-        logits = self(source["image"])
+        source = batch.get("source", batch)
+        images = source["image"]
+        if self.semi is not None:
+            # One student pass over the labelled windows and the unlabelled windows' strong views, as
+            # FixMatch batches them: on the CPU a third faster than two passes (bench/RESULTS.md).
+            pseudo, strong, usable = self._teacher_labels(batch["unlabelled"])
+            both = self(torch.cat([images, strong.to(memory_format=torch.channels_last)]))
+            logits, strong_logits = both[: len(images)], both[len(images) :]
+        else:
+            logits = self(images)
         loss = self._loss(logits.float(), source["mask"].long())
         self.losses.append(float(loss.detach()))
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(source["image"]))
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
+        if self.recipe.neighbourhood_weight > 0:
+            term = semi.neighbourhood_loss(logits, images)
+            loss = loss + self.recipe.neighbourhood_weight * term
+            self.log("train/neighbourhood", term, on_step=True, on_epoch=True, batch_size=len(images))
+        if self.semi is not None:
+            term = semi.pseudo_label_loss(strong_logits, pseudo, usable, self.n_classes, self.semi.class_balanced)
+            loss = loss + self.semi.weight * semi.ramp_up(self.global_step, self.total_steps, self.semi.rampup) * term
+            self.log("train/pseudo_label_loss", term, on_step=True, on_epoch=True, batch_size=len(strong))
         if self.energy_weight is not None:
             # A separate pass: the target batch never enters the source batch's normalization statistics.
             target = batch["target"]
@@ -148,6 +178,27 @@ class SegmentationTask(L.LightningModule):
                 self.energy_gaps.append(float(gap))
                 self.log("train/energy_gap", gap, on_step=True, on_epoch=True, batch_size=len(target["image"]))
         return loss
+
+    def _teacher_labels(self, unlabelled: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The teacher's pseudo-labels on the weak view, the strong view, and the usable pixels."""
+        assert self.thresholds is not None
+        images, usable = unlabelled["image"], unlabelled["mask"] != IGNORE_INDEX
+        teacher = self.ema_model if self.ema_model is not None else self.model
+        was_training = teacher.training
+        teacher.eval()
+        with torch.no_grad():
+            probs = torch.softmax(teacher(images).float(), dim=1)
+        teacher.train(was_training)
+        self.thresholds.update(probs, usable)
+        pseudo = semi.pseudo_labels(probs, usable, self.thresholds.values())
+        if self._generator is None or self._generator.device != images.device:
+            self._generator = torch.Generator(device=images.device).manual_seed(self.recipe.seed + 1)
+        strong, cut = semi.strong_view(images, self._generator)
+        pseudo = torch.where(cut, torch.full_like(pseudo, IGNORE_INDEX), pseudo)
+        share = float((pseudo != IGNORE_INDEX).sum()) / max(int(usable.sum()), 1)
+        self.pseudo_label_shares.append(share)
+        self.log("train/pseudo_label_share", share, on_step=True, on_epoch=True, batch_size=len(images))
+        return pseudo, strong, usable
 
     def on_train_batch_end(self, *_: Any) -> None:
         if self.ema_model is not None:
@@ -316,6 +367,10 @@ def train(
         fit = _fit(cfg, everything, work / "refit", resume=resume, stop_at=refit_steps, **common)
     task, ts = fit.task, fit.ts
     scores = _kept_scores(validated.task, t.keep)
+    names, ids = [c.name for c in cfg.data.classes], [c.id for c in cfg.data.classes]
+    baseline = fit_baseline(validated.ts, len(names), t.seed) if t.baseline else None
+    if scores is not None and baseline is not None:
+        emit(compare_with_baseline(scores, baseline, names))
     final = task.final_model
     meta = BundleMeta(
         classes=cfg.data.classes,
@@ -329,9 +384,7 @@ def train(
             "dtype": ts.images[0].info.dtype,
             "low_confidence": _training_low_confidence(final, ts, t.tile_size),
         },
-        metrics=scores.to_json([c.name for c in cfg.data.classes], [c.id for c in cfg.data.classes])
-        if scores
-        else None,
+        metrics=_metrics_record(scores, baseline, names, ids),
         extra={
             "training": {
                 "encoder": cfg.model.encoder,
@@ -377,15 +430,29 @@ def _fit(
     )
     if targets is not None:
         emit(f"adapting to {len(targets.paths)} unlabeled target mosaic(s), energy term weight {cfg.adaptation.weight}")
+    ssl = t.semi_supervised
+    unlabelled = build_unlabelled_set(cfg, images, ts.bands, ts.normalization) if ssl.enabled else None
+    unlabelled_batch = (ssl.batch_size or max(1, t.batch_size // 4)) if unlabelled is not None else 0
+    if ssl.enabled and unlabelled is None:
+        emit(f"semi-supervised: off, no {t.tile_size}px window holds an unlabelled pixel outside the validation "
+             "region (the labels are dense); list other mosaics under data.unlabelled to use it")  # fmt: skip
+    if unlabelled is not None:
+        emit(f"semi-supervised: {unlabelled.pixels:,} unlabelled px in {len(unlabelled.images)} mosaic(s), "
+             f"{unlabelled_batch} window(s) a step, threshold {ssl.threshold:g}"
+             f"{' per class' if ssl.class_balanced else ''}, weight {ssl.weight:g} ramped over {ssl.rampup:.0%} of the "
+             "steps")  # fmt: skip
     L.seed_everything(t.seed, workers=True, verbose=False)
     steps = stop_at or total
     steps_per_epoch = min(math.ceil(t.samples_per_epoch / t.batch_size), steps)
     ts.train_sampler.length = steps_per_epoch * t.batch_size
     if targets is not None:
         targets.sampler.length = steps_per_epoch * t.batch_size
+    if unlabelled is not None:
+        unlabelled.sampler.length = steps_per_epoch * unlabelled_batch
     weights_per_class = class_weights(ts, len(cfg.data.classes)) if t.class_weights == "balanced" else None
     task = SegmentationTask(model, len(cfg.data.classes), t, total, weights_per_class,
-                            energy_weight=cfg.adaptation.weight if targets is not None else None)  # fmt: skip
+                            energy_weight=cfg.adaptation.weight if targets is not None else None,
+                            semi_config=ssl if unlabelled is not None else None)  # fmt: skip
     checkpoint = ModelCheckpoint(
         dirpath=work / "checkpoints", filename="best", monitor="val/miou", mode="max", enable_version_counter=False
     )
@@ -419,7 +486,7 @@ def _fit(
         log_every_n_steps=1,
         deterministic=False,
     )
-    loaders = _loaders(ts, targets, t.batch_size, t.num_workers)
+    loaders = _loaders(ts, targets, unlabelled, t.batch_size, unlabelled_batch, t.num_workers)
     ckpt_path = work / "checkpoints" / "last.ckpt"
     resuming = resume and ckpt_path.exists()
     earlier_log = _set_aside_log(work) if resuming else None
@@ -449,6 +516,40 @@ def _fit(
     best_step = task.history_steps[_best_index(task)] if task.history else None
     task.targets = targets  # for the bundle's adaptation record
     return _Fit(task, ts, trainer.global_step, trainer.current_epoch, best_step)
+
+
+def compare_with_baseline(scores: SegmentationScores, baseline: BaselineResult, names: list[str]) -> str:
+    """The summary's side-by-side lines: both validation mIoUs, IoU per class, and a warning when the U-Net
+    is not ahead."""
+    sample = (f"{baseline.train_pixels:,} of {baseline.labelled_pixels:,} training px, subsampled"
+              if baseline.subsampled else f"{baseline.train_pixels:,} training px")  # fmt: skip
+    lines = [f"validation mIoU: U-Net {scores.miou:.3f}, pixel classifier {baseline.scores.miou:.3f} "
+             f"(gradient boosting on bands + texture, {sample}, {baseline.seconds:.1f} s)"]  # fmt: skip
+    width = max(len(n) for n in names)
+    for k, name in enumerate(names):
+        if scores.support[k] or baseline.scores.predicted[k]:
+            lines.append(f"  {name:<{width}}  IoU U-Net {_fmt(scores.iou[k])}, pixel classifier "
+                         f"{_fmt(baseline.scores.iou[k])}")  # fmt: skip
+    if not np.nan_to_num(scores.miou, nan=-1.0) > np.nan_to_num(baseline.scores.miou, nan=-1.0):
+        lines.append("warning: the U-Net is not ahead of a pixel classifier on the validation region; label more "
+                     "area (see `geoseg suggest`), train longer, or try train.semi_supervised")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def _metrics_record(
+    scores: SegmentationScores | None, baseline: BaselineResult | None, names: list[str], ids: list[int]
+) -> dict | None:
+    """The bundle's ``metrics``: the kept weights' validation scores, and the pixel classifier's beside them."""
+    if scores is None:
+        return None
+    record = scores.to_json(names, ids)
+    if baseline is not None:
+        record["baseline"] = baseline.to_json(names, ids)
+    return record
 
 
 def _set_aside_log(work: Path) -> Path | None:
@@ -548,6 +649,8 @@ def _recipe_record(t: TrainConfig, total: int, best_step: int | None, refit: boo
         "decoder_dropout": t.decoder_dropout,
         "augment": dataclasses.asdict(t.augment),
         "tta": t.tta,
+        "semi_supervised": dataclasses.asdict(t.semi_supervised),
+        "neighbourhood_weight": t.neighbourhood_weight,
     }
 
 
@@ -575,14 +678,20 @@ def _quiet_lightning() -> None:
 
 
 def _loaders(
-    ts: TrainingSet, targets: TargetSet | None, batch_size: int, workers: int
+    ts: TrainingSet,
+    targets: TargetSet | None,
+    unlabelled: UnlabelledSet | None,
+    batch_size: int,
+    unlabelled_batch: int,
+    workers: int,
 ) -> tuple[DataLoader | dict[str, DataLoader], DataLoader | None]:
-    """The training loader (with targets, ``{"source", "target"}`` loaders of equal length) and validation's."""
+    """The training loader and validation's. With targets or unlabelled windows the training loader is
+    ``{"source", "target"?, "unlabelled"?}``, loaders of equally many batches."""
 
-    def windows(images: list[LabeledOrtho], sampler: MultiImageSampler) -> DataLoader:
+    def windows(images: list[LabeledOrtho], sampler: MultiImageSampler, size: int = batch_size) -> DataLoader:
         return DataLoader(
             ImageCollection(images),
-            batch_size=batch_size,
+            batch_size=size,
             sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -591,7 +700,12 @@ def _loaders(
         )
 
     source = windows(ts.train_images, ts.train_sampler)
-    train_loader = source if targets is None else {"source": source, "target": windows(targets.images, targets.sampler)}
+    streams = {"source": source}
+    if targets is not None:
+        streams["target"] = windows(targets.images, targets.sampler)
+    if unlabelled is not None:
+        streams["unlabelled"] = windows(unlabelled.images, unlabelled.sampler, unlabelled_batch)
+    train_loader = source if len(streams) == 1 else streams
     val_loader = (
         DataLoader(ValidationWindows(ts.val_images, ts.val_windows), batch_size=batch_size, num_workers=workers)
         if ts.val_windows

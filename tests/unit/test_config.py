@@ -169,3 +169,36 @@ def test_background_is_a_class_value(tmp_path: Path, background: str) -> None:
 def test_background_not_a_class_value(tmp_path: Path) -> None:
     err, path = _error(tmp_path, MINIMAL + "  background: 7\n")
     assert str(path) in str(err) and "data.background" in str(err)
+
+
+def test_semi_supervised_on_by_flag_or_mapping_and_off_by_default(tmp_path: Path) -> None:
+    assert not load_config(_write(tmp_path, MINIMAL)).train.semi_supervised.enabled
+    flag = load_config(_write(tmp_path, MINIMAL + "train: {semi_supervised: true}\n")).train.semi_supervised
+    assert flag.enabled and flag.threshold == 0.9 and flag.batch_size is None
+    mapping = MINIMAL + "  unlabelled: [survey/2025.tif]\ntrain: {semi_supervised: {threshold: 0.8, batch_size: 3}}\n"
+    cfg = load_config(_write(tmp_path, mapping))
+    assert cfg.train.semi_supervised.enabled and cfg.train.semi_supervised.threshold == 0.8
+    assert cfg.train.semi_supervised.batch_size == 3
+    assert cfg.data.unlabelled == [tmp_path / "cfg" / "survey" / "2025.tif"]
+    assert not load_config(
+        _write(tmp_path, MINIMAL + "train: {semi_supervised: {enabled: false}}\n")
+    ).train.semi_supervised.enabled
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("train: {semi_supervised: 1}\n", "train.semi_supervised"),
+        ("train: {semi_supervised: {threshold: 1.5}}\n", "train.semi_supervised.threshold"),
+        ("train: {semi_supervised: {treshold: 0.8}}\n", "train.semi_supervised"),
+        ("train: {semi_supervised: {batch_size: 0}}\n", "train.semi_supervised.batch_size"),
+        ("train: {neighbourhood_weight: -1}\n", "train.neighbourhood_weight"),
+        ("train: {baseline: 'yes'}\n", "train.baseline"),
+        ("  unlabelled: [survey/2025.tif]\n", "data.unlabelled"),  # given, but semi-supervision is off
+        ("  unlabelled: 5\ntrain: {semi_supervised: true}\n", "data.unlabelled"),
+    ],
+)
+def test_few_label_keys_refuse_bad_values_in_one_line(tmp_path: Path, text: str, key: str) -> None:
+    error, path = _error(tmp_path, MINIMAL + text)
+    message = str(error)
+    assert str(path) in message and key in message and "\n" not in message

@@ -20,7 +20,7 @@ FLOORS: dict[str, int] = {
     "io": 2,
     "data": 3, "adaptation": 3,
     "model": 4,
-    "drift": 5, "polygons": 5, "polygon_strips": 5, "polygon_workers": 5, "boundary": 5,
+    "drift": 5, "training": 5, "polygons": 5, "polygon_strips": 5, "polygon_workers": 5, "boundary": 5,
     "infer": 6,
     "evaluate": 7, "change_maps": 7, "landscape_metrics": 7, "train": 7, "quality": 7, "api": 7, "batch": 7,
     "demo_data": 7,
