@@ -532,7 +532,7 @@ def compare_with_baseline(scores: SegmentationScores, baseline: BaselineResult, 
                          f"{_fmt(baseline.scores.iou[k])}")  # fmt: skip
     if not np.nan_to_num(scores.miou, nan=-1.0) > np.nan_to_num(baseline.scores.miou, nan=-1.0):
         lines.append("warning: the U-Net is not ahead of a pixel classifier on the validation region; label more "
-                     "area (see `geoseg suggest`), train longer, or try train.semi_supervised")  # fmt: skip
+                     "area, or train longer")  # fmt: skip
     return "\n".join(lines)
 
 

