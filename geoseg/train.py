@@ -30,7 +30,7 @@ from geoseg.config import IGNORE_INDEX, ClassSpec, Config, SemiSupervisedConfig,
 from geoseg.data.datasets import ImageCollection, LabeledOrtho
 from geoseg.data.prepare import TrainingSet, build_training_set, describe, image_bands, load_images
 from geoseg.data.preprocess import Normalization
-from geoseg.data.sampling import MultiImageSampler
+from geoseg.data.sampling import MultiImageSampler, owned_mask
 from geoseg.data.targets import TargetSet, build_target_set
 from geoseg.data.unlabelled import UnlabelledSet, build_unlabelled_set
 from geoseg.device import resolve_device, training_precision
@@ -69,8 +69,7 @@ class ValidationWindows(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image_index, window, owned = self.windows[i]
         sample = self.images[image_index].read(window)
-        keep = torch.zeros_like(sample["mask"], dtype=torch.bool)
-        keep[owned.row_off - window.row_off :, owned.col_off - window.col_off :] = True
+        keep = torch.from_numpy(owned_mask(window, owned))
         sample["mask"] = torch.where(keep, sample["mask"], IGNORE_INDEX)
         return sample
 
@@ -108,7 +107,6 @@ class SegmentationTask(L.LightningModule):
         self.thresholds = (
             semi.ClassThresholds(n_classes, self.semi.threshold, self.semi.class_balanced) if self.semi else None
         )
-        self.pseudo_label_shares: list[float] = []
         self._generator: torch.Generator | None = None
         self.n_classes = n_classes
         self.ema_model = copy.deepcopy(model).requires_grad_(False) if recipe.ema > 0 else None
@@ -196,7 +194,6 @@ class SegmentationTask(L.LightningModule):
         strong, cut = semi.strong_view(images, self._generator)
         pseudo = torch.where(cut, torch.full_like(pseudo, IGNORE_INDEX), pseudo)
         share = float((pseudo != IGNORE_INDEX).sum()) / max(int(usable.sum()), 1)
-        self.pseudo_label_shares.append(share)
         self.log("train/pseudo_label_share", share, on_step=True, on_epoch=True, batch_size=len(images))
         return pseudo, strong, usable
 

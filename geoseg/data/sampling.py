@@ -177,6 +177,13 @@ class MultiImageSampler:
             yield self.index_of[id(self.samplers[pick])], next(streams[int(pick)])
 
 
+def owned_mask(window: Window, owned: Window) -> np.ndarray:
+    """(H, W) bool over ``window``: True on the part it owns (``owned`` ends where the window ends)."""
+    mask = np.zeros((int(window.height), int(window.width)), dtype=bool)
+    mask[int(owned.row_off - window.row_off) :, int(owned.col_off - window.col_off) :] = True
+    return mask
+
+
 def validation_windows(region: np.ndarray, labels: np.ndarray, size: int) -> list[tuple[Window, Window]]:
     """Non-overlapping coverage of the labelled validation pixels: ``(window, owned part)`` pairs.
 

@@ -26,6 +26,7 @@ from scipy import ndimage
 from geoseg.config import IGNORE_INDEX
 from geoseg.data.datasets import LabeledOrtho
 from geoseg.data.prepare import TrainingSet
+from geoseg.data.sampling import owned_mask
 from geoseg.metrics import SegmentationScores, confusion_from_arrays, scores_from_confusion
 
 METHOD = "histogram gradient boosting on the bands and their 5 and 15 px local mean and sd (scikit-learn)"
@@ -128,11 +129,7 @@ def validation_confusion(classifier: object, ts: TrainingSet, n_classes: int) ->
     plain = [_plain(d) for d in ts.val_images]
     for image_index, window, owned in ts.val_windows:
         features, mask = window_features(plain[image_index], window)
-        owned_rows = slice(int(owned.row_off - window.row_off), None)
-        owned_cols = slice(int(owned.col_off - window.col_off), None)
-        scored = np.zeros(mask.shape, dtype=bool)
-        scored[owned_rows, owned_cols] = True
-        scored &= mask != IGNORE_INDEX
+        scored = owned_mask(window, owned) & (mask != IGNORE_INDEX)
         if scored.any():
             predicted = classifier.predict(features[scored]).astype(np.int64)  # type: ignore[attr-defined]
             confusion += confusion_from_arrays(mask[scored].astype(np.int64), predicted, n_classes)
