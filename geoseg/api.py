@@ -21,6 +21,7 @@ the coordinates.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, overload
@@ -330,6 +331,55 @@ def _class_attrs(classes: list[ClassSpec]) -> dict[str, object]:
         "flag_values": [c.id for c in classes],
         "flag_meanings": " ".join(c.name.replace(" ", "_") for c in classes),
     }
+
+
+def suggest(
+    mosaic: str | Path,
+    model: Model,
+    n: int = 20,
+    *,
+    labels: Sequence[str | Path] = (),
+    label_values: Sequence[int] | None = None,
+    mask: str | Path | None = None,
+    size: int | str | None = None,
+    strategy: str = "uncertainty",
+    seed: int = 0,
+    tta: bool | None = None,
+) -> gpd.GeoDataFrame:
+    """Where to label next: the ``n`` windows of a mosaic file whose labels would help the model most, as
+    `geoseg suggest` chooses them (see its ``--help`` for the rule).
+
+    Args:
+        mosaic: the orthomosaic file the model segments.
+        model: from ``load_model`` (its device runs the segmentation).
+        n: how many windows.
+        labels: label files already made (polygons, lines or label rasters): no window holds a labelled pixel.
+        label_values: for label rasters, the values that are labels (default every value but nodata and 255).
+        mask: polygons, or a raster where every value but 0 is excluded (`geoseg quality-mask`'s output).
+        size: window side in px (``256``) or metres (``"40m"``); default the model's tile size.
+        strategy: "uncertainty" (least sure first) or "random" (a baseline; the model does not run).
+        seed: seeds the candidate grid's offset and the order of ties.
+        tta: average the 8 flips and rotations; default the bundle's recipe.
+
+    Returns:
+        A GeoDataFrame in the mosaic's CRS, one square per window: ``rank`` (1 = label first), ``score`` (mean
+        of 1 - the probability of each pixel's chosen class; NaN for random), ``strategy``, and the window's
+        top-left ``row`` and ``col`` in the mosaic. ``frame.to_file("to_label.gpkg")`` writes it.
+
+    Raises:
+        InputError: the mosaic, a label file or a setting does not fit (``n`` below 1, a class map given as
+            the mosaic, no qualifying window).
+    """
+    from geoseg.assess.suggest import SuggestOptions
+    from geoseg.assess.suggest import suggest as choose
+    from geoseg.progress import Progress, ProgressMode
+
+    if not isinstance(model, Model):
+        raise TypeError(f"model must come from geoseg.load_model(path), not {type(model).__name__}")
+    options = SuggestOptions(count=n, size=None if size is None else str(size), labels=tuple(map(Path, labels)),
+                             label_values=label_values, mask=Path(mask) if mask is not None else None,
+                             strategy=strategy, seed=seed, tta=tta, device=model.device)  # fmt: skip
+    return choose(Path(mosaic), model.path, options, Progress(ProgressMode.none)).frame
 
 
 def change(before: xr.DataArray, after: xr.DataArray, model: Model | None = None) -> pd.DataFrame:

@@ -731,6 +731,102 @@ def export(
                f"{bundle.meta.tile_size} px windows)")  # fmt: skip
 
 
+@app.command()
+def suggest(
+    mosaic: Annotated[Path, typer.Argument(help="Orthomosaic the model segments (GeoTIFF, COG or VRT).")],
+    model: Annotated[Path, typer.Option("--model", help="Model bundle folder (or .zip), or an ONNX model (.onnx).")],
+    count: Annotated[int, typer.Option("-n", "--count", help="How many windows to suggest.")] = 20,
+    out: Annotated[
+        Path | None,
+        typer.Option("-o", "--out", help="GeoPackage to write (layer to_label). Default: <mosaic stem>_to_label.gpkg."),
+    ] = None,
+    labels: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--labels",
+            help="Labels you already have (polygons, lines or a label raster; repeat for several): no window "
+            "holds a labelled pixel.",
+        ),
+    ] = None,
+    label_values: Annotated[
+        str | None,
+        typer.Option(
+            "--label-values",
+            help="Label rasters: the values that are labels, comma-separated (e.g. 0,1 where 0 is background but "
+            "tagged nodata). Default: every value but the file's nodata and 255.",
+        ),
+    ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option(
+            "--mask",
+            help="Areas no window may touch: polygons, or a raster where every value but 0 is excluded (the output "
+            "of `geoseg quality-mask`).",
+        ),
+    ] = None,
+    size: Annotated[
+        str | None,
+        typer.Option(
+            "--size",
+            help="Window side: pixels (256) or metres (40m), rounded up to even px. Default: the model's tile size.",
+        ),
+    ] = None,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            "--strategy",
+            help="uncertainty: the windows the model is least sure of; random: qualifying windows at random (a "
+            "baseline; the model does not run).",
+        ),
+    ] = "uncertainty",
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the window grid's offset and the order of ties.")] = 0,
+    tta: TtaOption = None,
+    device: Annotated[Device, typer.Option(help="auto uses a CUDA GPU when one is visible.")] = Device.auto,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Blocks segmented at once. Default: the cores, at most 8.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    progress: ProgressOption = ProgressMode.bar,
+) -> None:
+    """Where to label next: the N windows whose labels would teach the model most, as polygons to label in QGIS.
+
+    The model segments the mosaic (as `geoseg infer --confidence`); each candidate window's score is the mean
+    of 1 - the blended probability of its pixels' chosen class (higher: less sure). Candidates sit half a
+    window apart from a seeded offset; a window qualifies only when none of its pixels is nodata, masked or
+    already labelled. The best are taken in order of score, at least one window's width apart (closer, down to
+    not overlapping, only when too few are that far apart). Attributes: rank (1 = label first), score.
+    Then: label those windows, add them to the training labels and train again (README: "Where to label next").
+    """
+    from geoseg.assess.suggest import SuggestOptions, write_suggestions
+    from geoseg.assess.suggest import suggest as choose
+    from geoseg.infer.run import default_workers
+    from geoseg.io.raster import ensure_writable
+
+    target = out or Path(f"{mosaic.stem}_to_label.gpkg")
+    ensure_writable(target, overwrite)
+    options = SuggestOptions(count=count, size=size, labels=tuple(labels or ()),
+                             label_values=parse_label_values(label_values), mask=mask, strategy=strategy, seed=seed,
+                             tta=tta, device=device.value, workers=workers or default_workers())  # fmt: skip
+    reporter = Progress(progress)
+    result = choose(mosaic, model, options, reporter)
+    write_suggestions(result, target, overwrite)
+    shortfall = f" (only {len(result.frame)} of {count} qualify)" if len(result.frame) < count else ""
+    reporter.message(f"{len(result.frame)} windows of {result.window} px{shortfall}, from {result.candidates:,} "
+                     f"candidates, at least {result.spacing} px apart: {target}")  # fmt: skip
+    for row in result.frame.head(5).itertuples():
+        score = "" if row.score != row.score else f" score {row.score:.3f}"
+        reporter.message(f"  rank {row.rank}:{score} at row {row.row}, col {row.col}")
+
+
+def parse_label_values(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--label-values takes whole numbers separated by commas, not {text!r}") from None
+
+
 @app.command("quality-mask")
 def quality_mask(
     mosaic: Annotated[Path, typer.Argument(help="Orthomosaic GeoTIFF/VRT.")],

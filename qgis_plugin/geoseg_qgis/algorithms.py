@@ -570,6 +570,76 @@ class CheckDrift(GeoSegAlgorithm):
                 self.VERDICT: verdict}  # fmt: skip
 
 
+class SuggestWhereToLabel(GeoSegAlgorithm):
+    INPUT, MODEL, LABELS, MASK, COUNT, SIZE = "INPUT", "MODEL", "LABELS", "MASK", "COUNT", "SIZE"
+    STRATEGY, SEED, DEVICE, OUTPUT = "STRATEGY", "SEED", "DEVICE", "OUTPUT"
+    STRATEGIES: ClassVar[list[str]] = ["uncertainty", "random"]
+    stage_ranges: ClassVar[dict[str, tuple[float, float]]] = {"segment": (0.0, 90.0), "rank windows": (90.0, 100.0)}
+
+    def name(self) -> str:
+        return "suggest"
+
+    def displayName(self) -> str:
+        return "Suggest where to label"
+
+    def shortHelpString(self) -> str:
+        return (
+            "The windows of a raster where new labels would teach the model most, as squares to label next, "
+            "ranked (rank 1 first). The model segments the raster; a window's <b>score</b> is the mean of "
+            "1 − the probability of each pixel's chosen class (higher: the model is less sure). Windows are "
+            "spread out, and none holds a pixel that is nodata, masked or already labelled.<br><br>"
+            "<b>Labels you already have</b>: polygon, line or label-raster layers. <b>Mask</b>: polygons, or a "
+            "raster where every value but 0 is excluded (geoseg quality-mask's output).<br>"
+            "<b>Window size</b>: pixels (256) or metres (40m); default the model's tile size. <b>Seed</b>: the "
+            "same seed gives the same windows.<br><br>"
+            "Then label inside the squares, add them to your labels and train again (Train from layers)."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster (orthomosaic)"))
+        self.addParameter(_model_parameter(self.MODEL, optional=False))
+        self.addParameter(_integer(self.COUNT, "Number of windows", 20, 1))
+        self.addParameter(
+            QgsProcessingParameterMultipleLayers(
+                self.LABELS, "Labels you already have", QgsProcessing.TypeMapLayer, optional=True
+            )
+        )
+        self.addParameter(QgsProcessingParameterMapLayer(self.MASK, "Mask (areas to keep out of)", optional=True))
+        self.addParameter(QgsProcessingParameterString(self.SIZE, "Window size (px, or metres as 40m)", optional=True))
+        self.addParameter(QgsProcessingParameterEnum(self.STRATEGY, "Strategy", self.STRATEGIES, defaultValue=0))
+        self.addParameter(_integer(self.SEED, "Seed", 0, 0))
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0))
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(self.OUTPUT, "Windows to label", QgsProcessing.TypeVectorPolygon)
+        )
+
+    def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict:
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        source = _file_source(layer, "Raster")
+        model = bundle_path(self.parameterAsFile(parameters, self.MODEL, context))
+        out = _destination(self.parameterAsOutputLayer(parameters, self.OUTPUT, context), ".gpkg", "Windows to label")
+        with _Staging(out) as staging:
+            args = ["suggest", source, "--model", model, "-o", str(staging.folder / "to_label.gpkg"),
+                    "-n", str(self.parameterAsInt(parameters, self.COUNT, context)),
+                    "--seed", str(self.parameterAsInt(parameters, self.SEED, context)),
+                    "--strategy", self.STRATEGIES[self.parameterAsEnum(parameters, self.STRATEGY, context)],
+                    "--device", DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+                    "--progress", "json"]  # fmt: skip
+            size = self.parameterAsString(parameters, self.SIZE, context).strip()
+            if size:
+                args += ["--size", size]
+            for index, labels in enumerate(self.parameterAsLayerList(parameters, self.LABELS, context)):
+                args += ["--labels", staging.file_or_export(labels, f"labels_{index}", context, "Labels")]
+            mask = self.parameterAsLayer(parameters, self.MASK, context)
+            if mask is not None:
+                args += ["--mask", staging.file_or_export(mask, "mask", context, "Mask")]
+            self.run_geoseg(args, feedback)
+            staging.publish("to_label.gpkg", out)
+        if context.willLoadLayerOnCompletion(out):
+            context.layerToLoadOnCompletionDetails(out).name = f"{layer.name()} to label"
+        return {self.OUTPUT: out}
+
+
 def _remedy_parameter(name: str) -> QgsProcessingParameterEnum:
     return QgsProcessingParameterEnum(name, "Drift remedy", REMEDIES, False, 0)
 
@@ -646,19 +716,26 @@ class _Staging:
             os.rmdir(destination)  # empty (checked before the run); a rename cannot replace a folder elsewhere
         os.replace(staged, destination)
 
-    def export_polygons(self, layer: QgsVectorLayer, context: QgsProcessingContext) -> str:
-        """Any polygon layer (memory, database, a selection) as a GeoPackage geoseg can read."""
-        path = str(self.folder / "aoi.gpkg")
+    def file_or_export(self, layer, name: str, context: QgsProcessingContext, what: str) -> str:
+        """A raster layer's file, or any vector layer exported as a GeoPackage."""
+        if isinstance(layer, QgsVectorLayer):
+            return self.export_polygons(layer, context, name, what)
+        return _file_source(layer, what)
+
+    def export_polygons(self, layer: QgsVectorLayer, context: QgsProcessingContext, name: str = "aoi",
+                        what: str = "Area of interest") -> str:  # fmt: skip
+        """Any vector layer (memory, database, a selection) as a GeoPackage geoseg can read."""
+        path = str(self.folder / f"{name}.gpkg")
         options = QgsVectorFileWriter.SaveVectorOptions()
         options.driverName = "GPKG"
         error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(layer, path, context.transformContext(), options)
         if error != QgsVectorFileWriter.NoError:
-            raise QgsProcessingException(f"Area of interest: could not be exported ({message})")
+            raise QgsProcessingException(f"{what}: could not be exported ({message})")
         return path
 
 
 ALGORITHMS: list[type[GeoSegAlgorithm]] = [
     SegmentRaster, VectorizeClassRaster, EvaluateAgainstLabels, TrainFromLayers, CheckDrift, ChangeBetweenClassMaps,
-    LandscapeMetrics,
+    LandscapeMetrics, SuggestWhereToLabel,
 ]  # fmt: skip
 __all__ = ["ALGORITHMS", "BundleClass"]

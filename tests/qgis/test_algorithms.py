@@ -12,6 +12,7 @@ import pytest
 from qgis.core import (
     QgsFeature,
     QgsGeometry,
+    QgsPointXY,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProject,
@@ -31,12 +32,17 @@ class RecordingFeedback(QgsProcessingFeedback):
     def __init__(self) -> None:
         super().__init__()
         self.infos: list[str] = []
+        self.console: list[str] = []
         self.progress_values: list[float] = []
         self.progressChanged.connect(self.progress_values.append)
 
     def pushInfo(self, info: str) -> None:
         self.infos.append(info)
         super().pushInfo(info)
+
+    def pushConsoleInfo(self, info: str) -> None:
+        self.console.append(info)
+        super().pushConsoleInfo(info)
 
 
 class CancelAtFirstProgress(RecordingFeedback):
@@ -255,6 +261,10 @@ def test_train_from_layers_writes_a_bundle_that_segment_raster_uses(trained, mos
     assert (trained["folder"] / "model.train").is_dir()
     assert trained["feedback"].progress_values[-1] == pytest.approx(100.0)
     assert leftovers(trained["folder"]) == []
+    # the training log shows the U-Net beside the pixel-classifier yardstick, as the bundle records them
+    [comparison] = [line for line in trained["feedback"].console if line.startswith("validation mIoU: U-Net")]
+    baseline = meta["metrics"]["baseline"]["miou"]
+    assert f"pixel classifier {baseline:.3f}" in comparison, comparison
 
     segmented = processing.run(
         "geoseg:segment", {"INPUT": str(mosaic), "MODEL": str(out), "OUTPUT": str(tmp_path / "c.tif"), "POLYGONS": None}
@@ -385,3 +395,42 @@ def test_the_plugins_class_table_reader_agrees_with_geosegs(segmented, tmp_path:
     geosegs = {int(k): v for k, v in json.loads(run.stdout).items()}
     plugins = {c.id: c.name for c in class_map_classes(str(path))}
     assert plugins == geosegs and len(plugins) == 2  # background, building: from the band tags when damaged
+
+
+def test_suggest_where_to_label_loads_ranked_windows_off_the_labels(provider, bundle, mosaic, tmp_path) -> None:
+    labels = QgsRasterLayer(str(shared_data("building_tiles", "tiled_label_1.tif")), "labels")  # roofs = 1
+    project = QgsProject.instance()
+    try:
+        feedback = RecordingFeedback()
+        results = processing.runAndLoadResults(
+            "geoseg:suggest",
+            {"INPUT": str(mosaic), "MODEL": str(bundle), "LABELS": [labels], "COUNT": 3, "SIZE": "48",
+             "SEED": 2, "OUTPUT": str(tmp_path / "to_label.gpkg")},
+            feedback=feedback,
+        )  # fmt: skip
+        assert results["OUTPUT"] == str(tmp_path / "to_label.gpkg")
+        [windows] = project.mapLayersByName(f"{mosaic.stem} to label")
+        assert windows.isValid() and windows.featureCount() == 3
+        assert windows.crs() == QgsRasterLayer(str(mosaic), "m").crs()
+        features = sorted(windows.getFeatures(), key=lambda f: f["rank"])
+        assert [f["rank"] for f in features] == [1, 2, 3]
+        scores = [f["score"] for f in features]
+        assert scores == sorted(scores, reverse=True)
+        pixel = labels.rasterUnitsPerPixelX()
+        for feature in features:
+            box = feature.geometry().boundingBox()
+            assert box.width() == pytest.approx(48 * pixel)
+            # no roof pixel inside: sample the label raster at every pixel centre of the window
+            provider_ = labels.dataProvider()
+            for i in range(48):
+                for j in range(0, 48, 4):
+                    x = box.xMinimum() + (j + 0.5) * pixel
+                    y = box.yMaximum() - (i + 0.5) * pixel
+                    value, ok = provider_.sample(QgsPointXY(x, y), 1)
+                    assert not (ok and value == 1)  # 0, background, is tagged nodata: not ok
+        assert feedback.progress_values[-1] == pytest.approx(100.0)
+        assert leftovers(tmp_path) == []
+        del windows, features
+    finally:
+        project.removeAllMapLayers()
+        del labels

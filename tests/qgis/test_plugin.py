@@ -18,6 +18,7 @@ ALGORITHMS = {
     "geoseg:vectorize",
     "geoseg:evaluate",
     "geoseg:train",
+    "geoseg:suggest",
     "geoseg:drift",
     "geoseg:change",
     "geoseg:landscape",

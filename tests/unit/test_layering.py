@@ -23,7 +23,7 @@ FLOORS: dict[str, int] = {
     "drift": 5, "training": 5, "polygons": 5, "polygon_strips": 5, "polygon_workers": 5, "boundary": 5,
     "infer": 6,
     "evaluate": 7, "change_maps": 7, "landscape_metrics": 7, "train": 7, "quality": 7, "api": 7, "batch": 7,
-    "demo_data": 7,
+    "demo_data": 7, "assess": 7,
     "cli": 8, "demo": 8, "__main__": 8, "__init__": 8,
 }  # fmt: skip
 

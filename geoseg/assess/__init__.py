@@ -1,0 +1,1 @@
+"""Judging maps and planning labels: where to label next (suggest)."""
