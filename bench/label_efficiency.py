@@ -188,9 +188,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--start", type=int, default=2, help="windows labelled before the first round")
     parser.add_argument("--add", type=int, default=2, help="windows added each round")
-    parser.add_argument("--steps", type=int, default=150, help="training steps per round")
+    parser.add_argument("--steps", type=int, default=80, help="training steps per round")
+    parser.add_argument("--summarize", action="store_true", help="only rewrite summary.md and curves.png from "
+                        "--out's results.jsonl (e.g. of a run that was stopped)")  # fmt: skip
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.summarize:
+        lines = (args.out / "results.jsonl").read_text().splitlines()
+        write_summary([Round(**json.loads(line)) for line in lines if line.strip()], args.out)
+        return
     cases = prepare_cases(args.data, args.out / "cases")
     results = args.out / "results.jsonl"
     rounds: list[Round] = []
@@ -202,13 +208,26 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{entry.case} {entry.strategy} seed {entry.seed} round {entry.round}: {entry.labelled_pixels:,} px, "
               f"mIoU {entry.miou:.3f} ({entry.seconds:.0f} s)", flush=True)  # fmt: skip
 
-    for case_name in args.cases:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed: an interrupted run still has every case
+        for case_name in args.cases:
             run_seed(cases[case_name], seed, args, args.out, log)
-    summary = summarize(rounds)
-    (args.out / "summary.md").write_text(summary + "\n")
-    plot(rounds, args.out / "curves.png")
+    write_summary(rounds, args.out)
+
+
+def write_summary(rounds: list[Round], out: Path) -> None:
+    complete = complete_seeds(rounds)
+    summary = summarize(complete)
+    (out / "summary.md").write_text(summary + "\n")
+    plot(complete, out / "curves.png")
     print(summary)
+
+
+def complete_seeds(rounds: list[Round]) -> list[Round]:
+    """The runs of (case, seed) pairs whose every round of both strategies finished: a stopped run's last seed
+    would otherwise compare strategies on different rounds."""
+    last = max((r.round for r in rounds), default=0)
+    done = {(r.case, r.seed) for r in rounds if r.round == last and r.strategy == STRATEGIES[-1]}
+    return [r for r in rounds if (r.case, r.seed) in done]
 
 
 if __name__ == "__main__":

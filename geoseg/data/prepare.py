@@ -18,6 +18,7 @@ from geoseg.errors import ConfigError, InputError
 from geoseg.io.raster import (
     RasterInfo,
     check_bands,
+    check_like_training,
     check_not_mirrored,
     open_raster,
     read_info,
@@ -60,7 +61,7 @@ def load_images(cfg: Config) -> list[ImageData]:
             raise InputError(f"has data type {info.dtype} but {infos[0].path.name} has {infos[0].dtype}", info.path)
         verify_readable(info.path)
     for path in data.unlabelled:
-        _check_unlabelled(read_info(path), bands, infos[0].dtype)
+        check_like_training(read_info(path), bands, infos[0].dtype, "data.unlabelled")
     label_paths = data.labels * len(infos) if len(data.labels) == 1 else data.labels
     images = []
     for info, label_path in zip(infos, label_paths, strict=True):
@@ -79,18 +80,6 @@ def load_images(cfg: Config) -> list[ImageData]:
             )
         images.append(ImageData(info, labels, _validation_region(cfg, info, labels)))
     return images
-
-
-def _check_unlabelled(info: RasterInfo, bands: list[int], dtype: str) -> None:
-    """An extra unlabelled mosaic must have the bands and data type of the training images (one normalization)."""
-    check_bands(info, bands, source="data.bands")
-    if info.dtype != dtype:
-        raise InputError(
-            f"has data type {info.dtype} but the training images have {dtype}; both are normalized alike, so "
-            "convert it first or remove it from data.unlabelled",
-            info.path,
-        )
-    verify_readable(info.path)
 
 
 def _any_valid_under_labels(info: RasterInfo, bands: list[int], labels: np.ndarray) -> bool:

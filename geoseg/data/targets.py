@@ -21,11 +21,10 @@ from geoseg.errors import ConfigError, InputError
 from geoseg.io.raster import (
     RasterInfo,
     block_windows,
-    check_bands,
+    check_like_training,
     open_raster,
     read_info,
     read_window,
-    verify_readable,
 )
 
 VALID = 0
@@ -57,14 +56,7 @@ def build_target_set(cfg: Config, bands: list[int], normalization: Normalization
     images, samplers = [], []
     for i, path in enumerate(cfg.adaptation.targets):
         info = read_info(path)
-        check_bands(info, bands, source="data.bands")
-        if info.dtype != dtype:
-            raise InputError(
-                f"has data type {info.dtype} but the training images have {dtype}; the adapted model normalizes "
-                "both alike, so convert it first",
-                path,
-            )
-        verify_readable(path)
+        check_like_training(info, bands, dtype, "adaptation.targets")
         validity = valid_pixels(info, bands)
         if not (validity == VALID).any():
             raise InputError("has no valid pixel (all nodata); remove it from adaptation.targets", path)

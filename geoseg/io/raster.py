@@ -124,6 +124,19 @@ def check_bands(info: RasterInfo, bands: Sequence[int], source: str = "bands") -
     return [int(b) for b in bands]
 
 
+def check_like_training(info: RasterInfo, bands: Sequence[int], dtype: str, setting: str) -> None:
+    """A mosaic listed under ``setting`` that is normalized as the training images are: it must have their bands
+    and data type, and be readable to the end."""
+    check_bands(info, bands, source="data.bands")
+    if info.dtype != dtype:
+        raise InputError(
+            f"has data type {info.dtype} but the training images have {dtype}; both are normalized alike, so "
+            f"convert it first or remove it from {setting}",
+            info.path,
+        )
+    verify_readable(info.path)
+
+
 def verify_readable(path: str | Path) -> None:
     """Read every block once so a truncated or corrupted file fails here, not mid-training."""
     with open_raster(path) as ds:
