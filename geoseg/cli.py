@@ -809,7 +809,7 @@ def suggest(
                              tta=tta, device=device.value, workers=workers or default_workers())  # fmt: skip
     reporter = Progress(progress)
     result = choose(mosaic, model, options, reporter)
-    write_suggestions(result, target, overwrite)
+    write_suggestions(result, target)
     shortfall = f" (only {len(result.frame)} of {count} qualify)" if len(result.frame) < count else ""
     reporter.message(f"{len(result.frame)} windows of {result.window} px{shortfall}, from {result.candidates:,} "
                      f"candidates, at least {result.spacing} px apart: {target}")  # fmt: skip

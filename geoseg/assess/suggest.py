@@ -18,8 +18,6 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 import shapely
-from rasterio.enums import Resampling
-from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from geoseg.assess.window_choice import (
@@ -39,8 +37,9 @@ from geoseg.io.raster import (
     GridSpec,
     RasterInfo,
     atomic_path,
+    check_bands,
     check_not_mirrored,
-    ensure_writable,
+    nearest_on_grid,
     open_raster,
     read_info,
     read_window,
@@ -80,9 +79,7 @@ def suggest(mosaic: Path, model: Path, options: SuggestOptions, progress: Progre
     info = checked_mosaic(mosaic)
     check_options(options)
     meta = read_bundle_meta(model)
-    if max(meta.bands) > info.count:
-        raise InputError(f"has {info.count} band(s) but the model reads bands {meta.bands}; pass the mosaic "
-                         "the model was trained for", mosaic)  # fmt: skip
+    check_bands(info, meta.bands, source="the model's bands")
     window = window_pixels(options.size, meta.tile_size, info.grid)
     rng = np.random.default_rng(options.seed)
     grid = cell_grid(info.grid.height, info.grid.width, window, rng)
@@ -209,11 +206,7 @@ def resampled_band(path: Path, grid: GridSpec, drop_nodata: bool) -> np.ndarray:
             values[values == int(info.nodata)] = NOT_ON_GRID
     if info.grid.same_grid(grid):
         return values
-    out = np.full((grid.height, grid.width), NOT_ON_GRID, dtype=np.int32)
-    reproject(values, out, src_transform=info.grid.transform, src_crs=info.grid.crs, dst_transform=grid.transform,
-              dst_crs=grid.crs, resampling=Resampling.nearest, src_nodata=NOT_ON_GRID,
-              dst_nodata=NOT_ON_GRID)  # fmt: skip
-    return out
+    return nearest_on_grid(values, info.grid, grid, NOT_ON_GRID)
 
 
 def cell_stats(info: RasterInfo, bands: Sequence[int], grid: CellGrid, excluded: np.ndarray,
@@ -258,9 +251,8 @@ def suggestion_frame(chosen: list[Choice], grid: CellGrid, raster: GridSpec, str
     )
 
 
-def write_suggestions(suggestions: Suggestions, out: Path, overwrite: bool) -> Path:
-    """The windows as a GeoPackage layer ``to_label``, written atomically."""
-    ensure_writable(out, overwrite)
+def write_suggestions(suggestions: Suggestions, out: Path) -> Path:
+    """The windows as a GeoPackage layer ``to_label``, written atomically (``ensure_writable`` first)."""
     with atomic_path(out) as tmp:
         staged = tmp.with_name(tmp.name + ".gpkg")  # the driver wants its extension
         suggestions.frame.to_file(staged, driver="GPKG", layer=LAYER, engine="pyogrio")

@@ -109,25 +109,23 @@ def choose_windows(
     order = np.lexsort((tie_break, -scores[rows, cols])) if strategy == "uncertainty" else np.argsort(tie_break)
     origins = np.array([grid.window_origin(r, c) for r, c in zip(rows[order], cols[order], strict=True)])
     values = scores[rows[order], cols[order]]
-    taken: list[int] = []
-    spacing_of: dict[int, int] = {}
+    spacing_of: dict[int, int] = {}  # the windows taken, in order, and the spacing each was taken at
     spacing = 2 * grid.window
-    while len(taken) < count:
+    while len(spacing_of) < count:
         for index in range(len(origins)):
-            if len(taken) == count:
+            if len(spacing_of) == count:
                 break
             if index in spacing_of:
                 continue
+            taken = list(spacing_of)
             if taken and np.abs(origins[taken] - origins[index]).max(axis=1).min() < spacing:
                 continue
-            taken.append(index)
             spacing_of[index] = spacing
         if spacing == grid.window:
             break
         spacing = max(grid.window, spacing // 2)
-    chosen = [
+    return [
         Choice(int(origins[i][0]), int(origins[i][1]), float(values[i]) if strategy == "uncertainty" else np.nan,
-               spacing_of[i])
-        for i in taken
+               taken_at)
+        for i, taken_at in spacing_of.items()
     ]  # fmt: skip
-    return chosen

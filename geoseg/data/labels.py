@@ -11,12 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rasterio.enums import Resampling
-from rasterio.warp import reproject
 
 from geoseg.config import IGNORE_INDEX, ClassSpec
 from geoseg.errors import InputError
-from geoseg.io.raster import GridSpec, open_raster
+from geoseg.io.raster import GridSpec, nearest_on_grid, open_raster
 from geoseg.io.vector import is_vector, rasterize_labels
 
 UNMAPPED = np.iinfo(np.int64).min
@@ -43,19 +41,7 @@ def _raster_labels(path: Path, classes: Sequence[ClassSpec], grid: GridSpec) -> 
         indices[values == value] = index
     if src_grid.same_grid(grid):
         return indices
-    out = np.full((grid.height, grid.width), IGNORE_INDEX, dtype=np.uint8)
-    reproject(
-        indices,
-        out,
-        src_transform=src_grid.transform,
-        src_crs=src_grid.crs,
-        dst_transform=grid.transform,
-        dst_crs=grid.crs,
-        resampling=Resampling.nearest,
-        src_nodata=IGNORE_INDEX,
-        dst_nodata=IGNORE_INDEX,
-    )
-    return out
+    return nearest_on_grid(indices, src_grid, grid, IGNORE_INDEX)
 
 
 def _value_lookup(classes: Sequence[ClassSpec]) -> dict[int, int]:

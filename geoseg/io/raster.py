@@ -16,9 +16,10 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError, WindowError
+from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from geoseg.errors import InputError, OutputError, OutputExistsError
@@ -110,6 +111,15 @@ def read_info(path: str | Path) -> RasterInfo:
         alpha = next((i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None)
         grid = GridSpec(ds.crs, ds.transform, ds.width, ds.height)
         return RasterInfo(path, grid, ds.count, dtype, ds.nodata, alpha)
+
+
+def nearest_on_grid(values: np.ndarray, source: GridSpec, target: GridSpec, nodata: int) -> np.ndarray:
+    """A band of codes on ``source`` resampled onto ``target`` by nearest neighbour, so codes are never blended;
+    ``nodata`` where it holds ``nodata`` or does not reach."""
+    out = np.full((target.height, target.width), nodata, dtype=values.dtype)
+    reproject(values, out, src_transform=source.transform, src_crs=source.crs, dst_transform=target.transform,
+              dst_crs=target.crs, resampling=Resampling.nearest, src_nodata=nodata, dst_nodata=nodata)  # fmt: skip
+    return out
 
 
 def check_bands(info: RasterInfo, bands: Sequence[int], source: str = "bands") -> list[int]:
